@@ -1,0 +1,142 @@
+"""db_init.py create/validate against a real PostgreSQL: clean schema, every kind of drift, bad URLs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+import db_init
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "db_init.py"), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = db_init.make_engine(url)
+    with engine.begin() as conn:
+        for s in statements:
+            conn.execute(text(s))
+    engine.dispose()
+
+
+def test_create_then_validate_is_clean_and_idempotent(fresh_db: str) -> None:
+    assert run_cli("create", "--url", fresh_db).returncode == 0
+    second = run_cli("create", "--url", fresh_db)
+    assert second.returncode == 0, second.stderr
+    result = run_cli("validate", "--url", fresh_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "matches the models" in result.stdout
+
+
+def test_url_from_environment(fresh_db: str) -> None:
+    import os
+    env = dict(os.environ, **{db_init.URL_ENV: fresh_db})
+    assert run_cli("create", env=env).returncode == 0
+    assert run_cli("validate", env=env).returncode == 0
+
+
+DRIFTS = [
+    ("ALTER TABLE responses DROP COLUMN cost", "responses: missing column cost"),
+    ("ALTER TABLE requests ALTER COLUMN status_code TYPE bigint", "column status_code type is BIGINT, expected INTEGER"),
+    ("ALTER TABLE requests ALTER COLUMN payload TYPE json", "column payload type is JSON, expected JSONB"),
+    ("DROP INDEX ix_requests_model", "requests: missing index on (model)"),
+    ("DROP INDEX ix_requests_created_at", "requests: missing index on (created_at)"),
+    ("ALTER TABLE requests ALTER COLUMN request_id DROP NOT NULL", "column request_id nullability differs"),
+    ("ALTER TABLE requests ADD COLUMN extra_col text", "requests: extra column extra_col"),
+    ("CREATE TABLE stray (id int)", "stray: extra table"),
+    ("DROP TABLE responses", "responses: missing table"),
+]
+
+
+@pytest.mark.parametrize(("ddl", "expected"), DRIFTS, ids=[d[1] for d in DRIFTS])
+def test_each_drift_is_named(fresh_db: str, ddl: str, expected: str) -> None:
+    assert run_cli("create", "--url", fresh_db).returncode == 0
+    execute(fresh_db, ddl)
+    result = run_cli("validate", "--url", fresh_db)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert expected in result.stdout
+
+
+def _fk_name(url: str) -> str:
+    engine = db_init.make_engine(url)
+    with engine.connect() as conn:
+        name = conn.execute(text(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'responses'::regclass AND contype = 'f'"
+        )).scalar_one()
+    engine.dispose()
+    return name
+
+
+def test_dropped_foreign_key_is_named(fresh_db: str) -> None:
+    assert run_cli("create", "--url", fresh_db).returncode == 0
+    execute(fresh_db, f"ALTER TABLE responses DROP CONSTRAINT {_fk_name(fresh_db)}")
+    result = run_cli("validate", "--url", fresh_db)
+    assert result.returncode == 1
+    assert "missing foreign key (request_id_fk) -> requests(id)" in result.stdout
+
+
+def test_foreign_key_without_cascade_is_named(fresh_db: str) -> None:
+    assert run_cli("create", "--url", fresh_db).returncode == 0
+    fk = _fk_name(fresh_db)
+    execute(fresh_db, f"ALTER TABLE responses DROP CONSTRAINT {fk}",
+            f"ALTER TABLE responses ADD CONSTRAINT {fk} FOREIGN KEY (request_id_fk) REFERENCES requests(id)")
+    result = run_cli("validate", "--url", fresh_db)
+    assert result.returncode == 1
+    assert "is ON DELETE NO ACTION, expected ON DELETE CASCADE" in result.stdout
+
+
+def test_cascade_really_deletes_responses(fresh_db: str) -> None:
+    db_init.create(fresh_db)
+    engine = db_init.make_engine(fresh_db)
+    from sqlalchemy.orm import Session
+    with Session(engine) as s, s.begin():
+        req = db_init.Request(request_id="r1", route="/x", status_code=200)
+        req.responses.append(db_init.Response(latency_ms=1))
+        s.add(req)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM requests"))
+        assert conn.execute(text("SELECT count(*) FROM responses")).scalar_one() == 0
+    engine.dispose()
+
+
+def test_wrong_password_exits_2_without_the_password(pg, fresh_db: str) -> None:
+    secret = "Wr0ngPassw0rd-XYZ"
+    url = fresh_db.replace(pg.password, secret)
+    result = run_cli("validate", "--url", url)
+    assert result.returncode == 2
+    out = result.stdout + result.stderr
+    assert "password authentication failed" in out
+    assert secret not in out and pg.password not in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_missing_database_exits_2(pg) -> None:
+    result = run_cli("validate", "--url", pg.url("no_such_db"))
+    assert result.returncode == 2
+    assert 'database "no_such_db" does not exist' in result.stderr
+    assert pg.password not in result.stdout + result.stderr
+
+
+def test_unreachable_host_exits_2_quickly(pg) -> None:
+    from tests.support.pgserver import free_port
+    url = f"postgresql+psycopg2://u:SecretPw1@127.0.0.1:{free_port()}/x"
+    result = run_cli("validate", "--url", url)
+    assert result.returncode == 2
+    assert "SecretPw1" not in result.stdout + result.stderr
+    assert "127.0.0.1" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["not a url", ""])
+def test_malformed_or_missing_url_exits_2(url: str) -> None:
+    import os
+    env = {k: v for k, v in os.environ.items() if k != db_init.URL_ENV}
+    result = run_cli("validate", "--url", url, env=env) if url else run_cli("validate", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("db_init:")
