@@ -1,0 +1,52 @@
+# poc1-acceptance — one entry point per job. Run as root on Debian 12 (the embedded lab needs it).
+SHELL := /bin/bash
+PY ?= python3
+HOSTS ?= local
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+APT_PACKAGES := postgresql openssh-server openssh-client systemd-container debootstrap iproute2 chromium
+TEST_ARGS ?=
+
+.PHONY: help deps validate test test-fast bench lab-up lab-down lab-status clean
+
+help:
+	@echo "make validate [HOSTS=local|lab]  run the six acceptance checks, write POC-1/evidence/ + report.html"
+	@echo "make test                        install everything, bring up the embedded lab, run the project's tests"
+	@echo "make bench                       the logger benchmarks (tests/benchmarks)"
+	@echo "make lab-up | lab-down | lab-status"
+
+## deps: Debian packages (as root) and the Python packages listed in pyproject.toml
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
+	  > build-requirements.txt
+	@$(PY) -m pip install -q --disable-pip-version-check -r build-requirements.txt
+	@rm -f build-requirements.txt
+
+validate: deps
+	$(PY) -m tools.validate --hosts $(HOSTS)
+
+## test: the project's own tests; the lab is brought up first and torn down by the last test file
+test: deps
+	$(PY) -m lab up
+	$(PY) -m pytest tests -p no:cacheprovider -q -rfEs $(TEST_ARGS)
+
+## test-fast: only the tests that need no lab
+test-fast: deps
+	$(PY) -m pytest tests -p no:cacheprovider -q -m "not lab" $(TEST_ARGS)
+
+bench: deps
+	$(PY) -m pytest tests/benchmarks -p no:cacheprovider -q
+
+lab-up:
+	$(PY) -m lab up
+lab-down:
+	$(PY) -m lab down
+lab-status:
+	$(PY) -m lab status
+
+clean:
+	rm -rf POC-1/evidence/* POC-1/evidence-*.tar.gz .benchmarks
