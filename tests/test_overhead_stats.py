@@ -1,0 +1,104 @@
+"""The arithmetic of check 6 on synthetic samples whose answer is known by construction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acceptance import overhead_stats as st
+
+
+def test_percentiles_of_a_known_sample() -> None:
+    p = st.percentiles(range(1, 101))
+    assert (p["n"], p["p50"], p["p95"], p["p99"], p["min"], p["max"]) == (100, 50.5, 95.05, 99.01, 1, 100)
+    assert st.percentiles([])["p95"] is None
+
+
+def test_a_constant_shift_is_recovered_with_a_tight_interval() -> None:
+    rng = np.random.default_rng(1)
+    control = rng.gamma(4.0, 3.0, 300) + 10.0
+    shift = st.quantile_shift(control + 3.0, control, 95)
+    assert shift.point == pytest.approx(3.0)
+    assert shift.low == pytest.approx(3.0) and shift.high == pytest.approx(3.0)
+
+
+def test_no_difference_gives_an_interval_around_zero() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(20, 2, 400), rng.normal(20, 2, 400)
+    shift = st.quantile_shift(a, b, 95)
+    assert shift.low < 0 < shift.high
+    assert abs(shift.point) < 1.5
+
+
+def test_a_slow_tail_moves_the_p95_but_not_the_median() -> None:
+    rng = np.random.default_rng(3)
+    control = rng.normal(15, 0.5, 400)
+    treated = control.copy()
+    treated[rng.permutation(400)[:40]] += 12.0  # 10 % of the logged requests pay 12 ms
+    added = st.added_latency(treated, control)
+    assert added["shift"]["p50"]["point"] < 0.5
+    assert added["shift"]["p95"]["point"] > 5.0
+    assert added["shift"]["p95"]["low"] > 2.0
+
+
+def test_unpaired_samples_are_refused() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        st.quantile_shift([1.0, 2.0, 3.0], [1.0, 2.0], 95)
+
+
+def test_backlog_slope_sees_a_growing_queue() -> None:
+    t = np.linspace(0, 10, 200)
+    assert st.backlog_slope(t, 5 + 50 * t) == pytest.approx(50.0)
+    assert st.backlog_slope(t, np.full(200, 7.0)) == pytest.approx(0.0, abs=1e-6)
+    assert st.backlog_slope([1.0], [1.0]) is None
+
+
+def test_clock_offset_trusts_the_shortest_round_trip() -> None:
+    # remote clock 0.250 s ahead; the noisy probe (long round trip) would say otherwise
+    probes = [(100.0, 100.300, 100.100), (200.0, 200.2505, 200.001)]
+    off = st.clock_offset(probes)
+    assert off["offset_ms"] == pytest.approx(250.0)
+    assert off["uncertainty_ms"] == pytest.approx(0.5)
+
+
+def test_throughput_charges_the_wall_time_difference_to_each_logged_request() -> None:
+    blocks = [{"arm": "logged", "requests": 50, "wall_s": 1.0}, {"arm": "unlogged", "requests": 50, "wall_s": 0.8},
+              {"arm": "logged", "requests": 50, "wall_s": 1.0}, {"arm": "unlogged", "requests": 50, "wall_s": 0.8}]
+    tp = st.throughput(blocks)
+    assert tp["logged"]["rps"] == 50.0 and tp["unlogged"]["rps"] == 62.5
+    assert tp["added_wall_ms_per_request"] == pytest.approx(4.0)
+
+
+COMPLETE = {"logged_sent": 200, "logged_ok": 200, "unlogged_sent": 200, "unlogged_ok": 200,
+            "logged_rows": 200, "unlogged_rows": 0}
+
+
+def _added(point: float) -> dict:
+    return {"shift": {"p95": {"point": point, "low": point - 1, "high": point + 1}}}
+
+
+def test_judge_passes_only_when_every_criterion_holds() -> None:
+    limits = st.Limits(overhead_ms=5.0, durability_lag_ms=100.0)
+    good = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits)
+    assert good.passed and good.cause is None
+
+    slow = st.judge(_added(7.5), {"p95": 12.0}, COMPLETE, limits)
+    assert not slow.passed and slow.cause.startswith("added p95 latency 7.50 ms")
+
+    lagging = st.judge(_added(1.0), {"p95": 900.0}, COMPLETE, limits)
+    assert not lagging.passed and "durability lag p95 900.0 ms >= 100 ms" in lagging.cause
+
+    no_rows = st.judge(_added(1.0), {"p95": None}, dict(COMPLETE, logged_rows=0), limits)
+    assert not no_rows.passed and "not measured" in no_rows.cause and "0 of 200 rows" in no_rows.cause
+
+    void = st.judge(_added(0.0), {"p95": 3.0}, dict(COMPLETE, unlogged_rows=200), limits)
+    assert not void.passed and "A/B comparison is void" in void.cause
+
+
+def test_histogram_is_a_png_with_both_panels(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    path = st.histogram_png(tmp_path / "h.png", rng.normal(16, 1, 200), rng.normal(15, 1, 200),
+                            rng.gamma(2, 3, 200), title="t")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width = int.from_bytes(data[16:20], "big")
+    assert width == 12 * 90  # two panels at 90 dpi
