@@ -1,0 +1,113 @@
+"""Check 2: the gateway is connected to PostgreSQL — as its logger says, and as PostgreSQL says.
+
+Artifact gateway_db_connect.log: the logger's ``gateway_logger: database connection ...`` lines from the
+journal of the unit's *current* invocation (so an old "established" line cannot vouch for a restart),
+and a live probe from the runner: server version, read-only transaction, and the sessions of the
+gateway's DB user in pg_stat_activity. Pass = the logger's latest connection line is
+established/restored, and PostgreSQL shows a session of that user from the gateway's address.
+"""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from sqlalchemy import bindparam, text
+
+from acceptance import systemd
+from evidence_writers.writers import SqlResult, render_table
+from fixtures.context import CheckEvidence, Hosts
+from fixtures.database import ReaderDb
+from fixtures.errors import CheckFailure
+from fixtures.inventory import Target
+
+pytestmark = pytest.mark.check("gateway_db_connect")
+
+MARK = "gateway_logger: database connection"
+GOOD = ("established", "restored")
+
+SESSIONS_SQL = text(
+    "SELECT pid, usename, application_name, client_addr::text AS client_addr, state, backend_start "
+    "FROM pg_stat_activity WHERE usename = :user AND datname = :db ORDER BY backend_start"
+).bindparams(bindparam("user"), bindparam("db"))
+
+
+def journal_evidence(target: Target, hosts: Hosts, evidence: CheckEvidence) -> str | None:
+    """Journal part: returns the failure cause, or None if the logger reports a live connection."""
+    doc = evidence.text("gateway_db_connect.log")
+    unit = str(target.vars["gateway_service"])
+    session = hosts.gateway
+    props, shown = systemd.show(session, unit, ("InvocationID", "ActiveEnterTimestamp", "ActiveState"))
+    invocation = props.get("InvocationID", "")
+    since = props.get("ActiveEnterTimestamp", "")
+    doc.section(f"unit {unit}", shown.transcript())
+    unit_file = unit if unit.endswith(".service") else f"{unit}.service"
+    if invocation:
+        scope = f"invocation {invocation}"
+        cmd = f"journalctl _SYSTEMD_UNIT={shlex.quote(unit_file)} _SYSTEMD_INVOCATION_ID={shlex.quote(invocation)}"
+    elif since:
+        scope = f"since {since}"
+        cmd = f"journalctl -u {shlex.quote(unit)} --since {shlex.quote(since)}"
+    else:
+        doc.section("journal", "the unit has no current invocation (not started)")
+        return f"{unit} has not been started on gateway {target.gateway.address}: no journal to read"
+    cmd += f" --no-pager -o short-iso-precise | grep -F {shlex.quote(MARK)} | tail -n 200"
+    res = session.run(cmd)
+    lines = [ln for ln in res.stdout.splitlines() if MARK in ln]
+    doc.section(f"journal of {unit} ({scope}), logger connection lines", f"$ {cmd}\n" + "\n".join(lines))
+    evidence.details["journal_connection_lines"] = len(lines)
+    if not lines:
+        return f"no '{MARK} ...' line in the journal of {unit} since its last start"
+    last = lines[-1].split(MARK, 1)[1].strip()
+    evidence.details["logger_last"] = last[:200]
+    if not last.startswith(GOOD):
+        return f"gateway_logger's latest connection line is not established/restored: {MARK} {last}"
+    return None
+
+
+def probe_evidence(target: Target, db: ReaderDb, evidence: CheckEvidence) -> str | None:
+    """Live part: returns the failure cause, or None if PostgreSQL shows the gateway's session."""
+    doc = evidence.text("gateway_db_connect.log")
+    user, dbname = str(target.vars["db_user"]), str(target.vars["db_name"])
+    gateway_addr = target.gateway_db_client_address
+    with db.read("live probe") as conn:
+        version = conn.execute(text("SELECT version()")).scalar_one()
+        server_version = conn.execute(text("SHOW server_version")).scalar_one()
+        read_only = conn.execute(text("SHOW transaction_read_only")).scalar_one()
+        rows = conn.execute(SESSIONS_SQL, {"user": user, "db": dbname}).all()
+    evidence.details.update(server_version=server_version, transaction_read_only=read_only)
+    doc.section(f"live probe from the runner as {target.vars['db_reader_user']} ({db.label})",
+                [f"server: {version}", f"server_version: {server_version}",
+                 f"transaction_read_only: {read_only}"])
+    doc.add(render_table(SqlResult(
+        title=f"sessions of {user} on {dbname} (expected from the gateway {gateway_addr})",
+        sql=str(SESSIONS_SQL), columns=["pid", "usename", "application_name", "client_addr", "state",
+                                        "backend_start"], rows=rows)))
+    from_gateway = [r for r in rows if r.client_addr and r.client_addr.split("/")[0] == gateway_addr]
+    evidence.details["sessions_from_gateway"] = len(from_gateway)
+    if read_only != "on":
+        return f"the probe's transaction is not READ ONLY (transaction_read_only={read_only})"
+    if from_gateway:
+        return None
+    if rows and all(r.client_addr is None for r in rows):
+        return (f"pg_stat_activity hides client addresses from {target.vars['db_reader_user']} "
+                f"({len(rows)} session(s) of {user}); grant it pg_read_all_stats")
+    seen = ", ".join(sorted({str(r.client_addr) for r in rows})) or "none"
+    return f"no session of {user} from the gateway {gateway_addr} in pg_stat_activity (sessions from: {seen})"
+
+
+def test_gateway_db_connect(target: Target, hosts: Hosts, db: ReaderDb, evidence: CheckEvidence) -> None:
+    evidence.text("gateway_db_connect.log").add(
+        f"# gateway {target.gateway.address} -> PostgreSQL {target.db_address}:{target.vars['db_port']}"
+        f"/{target.vars['db_name']} (inventory group {target.group})")
+    causes = []
+    for part, run in (("journal", lambda: journal_evidence(target, hosts, evidence)),
+                      ("probe", lambda: probe_evidence(target, db, evidence))):
+        try:
+            cause = run()
+        except CheckFailure as exc:  # one part failing must not hide the other part's evidence
+            cause = str(exc)
+            evidence.text("gateway_db_connect.log").section(f"{part}: failed", cause)
+        if cause:
+            causes.append(f"{part}: {cause}")
+    if causes:
+        raise CheckFailure("; ".join(causes))

@@ -1,0 +1,69 @@
+"""Check 1: the gateway's systemd unit is active (running).
+
+Artifact service_status.txt: ``systemctl status <unit> | head -n 20`` as the runbook shows it, the
+machine-readable ``systemctl show`` properties, and the parsed state, memory and uptime.
+"""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from acceptance import systemd
+from fixtures.context import CheckEvidence, Hosts
+from fixtures.errors import CheckFailure
+from fixtures.inventory import Target
+
+pytestmark = pytest.mark.check("service_status")
+
+PROPS = ("LoadState", "ActiveState", "SubState", "Result", "MainPID", "NRestarts", "MemoryCurrent",
+         "ActiveEnterTimestamp", "ExecMainStartTimestamp", "InvocationID", "FragmentPath")
+
+
+def test_service_status(target: Target, hosts: Hosts, evidence: CheckEvidence) -> None:
+    doc = evidence.text("service_status.txt")
+    unit = str(target.vars["gateway_service"])
+    gw = target.gateway
+    doc.add(f"# {unit} on gateway {gw.address} (inventory group {target.group})")
+    session = hosts.gateway
+
+    status = session.run(f"SYSTEMD_COLORS=0 systemctl status {shlex.quote(unit)} --no-pager | head -n 20")
+    doc.section(f"systemctl status {unit} | head -n 20", status.stdout or status.stderr)
+
+    props, shown = systemd.show(session, unit, PROPS)
+    doc.section(f"systemctl show {unit}", shown.transcript())
+
+    now = session.run("date +%s")
+    started = systemd.epoch(props.get("ActiveEnterTimestamp"))
+    uptime_s = float(now.stdout.strip()) - started if started and now.ok else None
+    memory = systemd.human_bytes(props.get("MemoryCurrent"))
+    memory_source = "MemoryCurrent"
+    pid = props.get("MainPID", "0")
+    if memory is None and pid not in ("", "0"):
+        rss = session.run(f"awk '/^VmRSS:/ {{print $2}}' /proc/{int(pid)}/status")
+        if rss.ok and rss.stdout.strip().isdigit():
+            memory, memory_source = systemd.human_bytes(int(rss.stdout.strip()) * 1024), "VmRSS of MainPID"
+
+    parsed = {
+        "unit": unit,
+        "load_state": props.get("LoadState"),
+        "active_state": props.get("ActiveState"),
+        "sub_state": props.get("SubState"),
+        "result": props.get("Result"),
+        "main_pid": int(pid) if pid.isdigit() else None,
+        "n_restarts": int(props["NRestarts"]) if props.get("NRestarts", "").isdigit() else None,
+        "memory": memory,
+        "memory_source": memory_source if memory else None,
+        "uptime": systemd.human_duration(uptime_s),
+        "uptime_s": round(uptime_s, 1) if uptime_s is not None else None,
+        "invocation_id": props.get("InvocationID") or None,
+    }
+    evidence.details.update(parsed)
+    doc.section("parsed", [f"{k}: {v}" for k, v in parsed.items()])
+
+    if props.get("LoadState") == "not-found":
+        raise CheckFailure(f"unit {unit} not found on gateway {gw.address}")
+    if (props.get("ActiveState"), props.get("SubState")) != ("active", "running"):
+        raise CheckFailure(
+            f"{unit} on gateway {gw.address} is {props.get('ActiveState')} ({props.get('SubState')}), "
+            f"expected active (running); Result={props.get('Result')}, NRestarts={props.get('NRestarts')}")

@@ -1,0 +1,219 @@
+"""The pytest plugin of the acceptance suite: target selection, check order, per-check outcome records,
+artifacts written pass or fail, and manifest.json at the end.
+
+Activated by the root conftest.py only when the run collects acceptance/ (a bare ``pytest`` or
+``pytest --hosts=NAME``), so ``pytest tests`` never touches the evidence directory.
+Later additions (check 6, the HTML report) read ``config.stash[PLUGIN_KEY]``: ``records`` (per-check
+outcome, one-line cause, artifacts, duration), ``ctx`` (target, bundle) and ``manifest`` (after the run).
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acceptance import registry, versions
+from evidence_writers.bundle import EvidenceDirError
+from evidence_writers.manifest import CheckRecord, build_manifest
+from evidence_writers.redaction import SecretLeak
+from evidence_writers.writers import Document
+from fixtures.context import RUN_KEY, RunContext
+from fixtures.errors import CheckFailure, first_line, one_line
+from fixtures.inventory import InventoryError, load_target
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCEPTANCE_DIR = ROOT / "acceptance"
+PLUGIN_KEY = pytest.StashKey["AcceptancePlugin"]()
+SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+
+
+def implemented_checks() -> list[str]:
+    """Registry checks that have a module (acceptance/check_<id>.py); the others are 'missing'."""
+    return [c.id for c in registry.CHECKS if (ACCEPTANCE_DIR / f"check_{c.id}.py").is_file()]
+
+
+def is_acceptance_run(config: pytest.Config) -> bool:
+    """True if any collection argument is acceptance/, inside it, or a directory containing it."""
+    base = Path(config.invocation_params.dir)
+    for arg in config.args:
+        path = (base / str(arg).split("::", 1)[0]).resolve()
+        if path == ACCEPTANCE_DIR or ACCEPTANCE_DIR in path.parents or path in ACCEPTANCE_DIR.parents:
+            return True
+    return False
+
+
+def check_id(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("check")
+    return str(marker.args[0]) if marker and marker.args else None
+
+
+def configure(config: pytest.Config) -> None:
+    """Called from the root conftest's pytest_configure. Bad inventory → UsageError (exit 4), one line."""
+    if not is_acceptance_run(config):
+        return
+    base = Path(config.invocation_params.dir)
+    inventory = base / config.getoption("inventory")
+    group = config.getoption("hosts")
+    try:
+        target = load_target(inventory, group)
+    except InventoryError as exc:
+        raise pytest.UsageError(f"inventory: {exc}") from None
+    ctx = RunContext(target=target, evidence_dir=(base / config.getoption("evidence_dir")).resolve(),
+                     accept_new_host_keys=bool(config.getoption("ssh_accept_new")))
+    if not config.option.collectonly:
+        try:
+            ctx.bundle.prepare()
+        except (EvidenceDirError, OSError) as exc:
+            raise pytest.UsageError(f"--evidence-dir: {exc}") from None
+    config.stash[RUN_KEY] = ctx
+    plugin = AcceptancePlugin(config, ctx)
+    config.stash[PLUGIN_KEY] = plugin
+    config.pluginmanager.register(plugin, "poc1-acceptance")
+    config.pluginmanager.import_plugin("fixtures.plugin")
+
+
+class _Progress:
+    """What pytest reported so far about one check (over its setup, call and teardown)."""
+
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+        self.cause: str | None = None
+        self.duration = 0.0
+
+    def fail(self, outcome: str, cause: str) -> None:
+        if self.outcome not in ("failed", "error"):  # the first failure explains the others
+            self.outcome, self.cause = outcome, cause
+
+
+class AcceptancePlugin:
+    def __init__(self, config: pytest.Config, ctx: RunContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.records: dict[str, CheckRecord] = {}
+        self.manifest: dict[str, Any] | None = None
+        self.manifest_path: Path | None = None
+        self._progress: dict[str, _Progress] = {}
+        self._t0 = time.monotonic()
+
+    # -- collection ------------------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            cid = check_id(item)
+            if cid is not None and cid not in registry.BY_ID:
+                raise pytest.UsageError(f"{item.nodeid}: unknown check id {cid!r} "
+                                        f"(registry: {', '.join(registry.BY_ID)})")
+        items.sort(key=lambda it: registry.ORDER.get(check_id(it) or "", len(registry.ORDER)))
+
+    def pytest_report_header(self) -> list[str]:
+        t = self.ctx.target
+        hosts = ", ".join(f"{h.name} {h.address}" for h in t.hosts.values())
+        return [f"POC-1 acceptance: target {t.group} from {t.inventory} ({hosts}); "
+                f"evidence: {self.ctx.evidence_dir}"]
+
+    # -- outcome of each check -------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
+        report = yield
+        cid = check_id(item)
+        if cid is None:
+            return report
+        progress = self._progress.setdefault(item.nodeid, _Progress())
+        progress.duration += call.duration
+        redact = self.ctx.redactor.text
+        if report.failed:
+            exc = call.excinfo.value if call.excinfo else None
+            if isinstance(exc, CheckFailure):
+                cause = one_line(redact(str(exc)))
+                report.longrepr = f"[{cid}] {cause}"
+            else:
+                cause = one_line(redact(first_line(exc) if exc else "failed"))
+                report.longrepr = redact(str(report.longrepr))
+            progress.fail("failed" if report.when == "call" else "error", cause)
+        elif report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            if progress.outcome is None:
+                progress.outcome, progress.cause = "skipped", one_line(redact(str(reason)))
+        elif report.when == "call" and progress.outcome is None:
+            progress.outcome = "passed"
+        report.sections = [(k, redact(v)) for k, v in report.sections]
+        if report.when == "teardown":
+            self._finish(cid, progress)
+        return report
+
+    def _finish(self, cid: str, progress: _Progress) -> None:
+        """Write the check's artifacts (with its outcome) and fold the result into its record."""
+        outcome = progress.outcome or "error"
+        cause = progress.cause if outcome != "passed" else None
+        spec = registry.BY_ID[cid]
+        evidence = self.ctx.evidence_for(cid)
+        for name in spec.artifacts:
+            if name not in evidence.documents:
+                kind = "json" if name.endswith(".json") else "text"
+                doc = evidence.json(name) if kind == "json" else evidence.text(name)
+                note = f"check {cid} ended before writing this artifact"
+                if kind == "json":
+                    doc["note"] = note
+                else:
+                    doc.add(note)
+        written: list[str] = []
+        for doc in evidence.documents.values():
+            try:
+                self.ctx.bundle.write_document(doc, outcome, cause)
+                written.append(doc.name)
+            except (SecretLeak, OSError, ValueError) as exc:
+                outcome, cause = "error", one_line(f"evidence {doc.name}: {first_line(exc)}")
+        record = self.records.get(cid)
+        if record is None:
+            record = self.records[cid] = CheckRecord(id=cid, title=spec.title, outcome=outcome, cause=cause)
+        elif SEVERITY[outcome] > SEVERITY[record.outcome]:
+            record.outcome, record.cause = outcome, cause
+        record.artifacts = sorted(set(record.artifacts) | set(written), key=list(evidence.documents).index)
+        record.duration_s += progress.duration
+        record.details = dict(evidence.details)
+        for name in written:  # the artifact records carry their check's final outcome
+            self.ctx.bundle.records[name].outcome = record.outcome
+
+    # -- end of run ------------------------------------------------------------------------------------
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.config.option.collectonly:
+            self.ctx.close()
+            return
+        try:
+            t0 = time.monotonic()
+            lock = versions.collect(self.ctx)
+            versions_s = time.monotonic() - t0
+            implemented = implemented_checks()
+            ordered = sorted(self.records.values(), key=lambda r: registry.ORDER[r.id])
+            self.manifest = build_manifest(
+                run_id=self.ctx.run_id, started=self.ctx.started,
+                finished=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                target=self.ctx.target.group,
+                hosts={h.name: h.address for h in self.ctx.target.hosts.values()},
+                checks=ordered, required=implemented,
+                missing=[c.id for c in registry.CHECKS if c.id not in implemented],
+                artifacts=sorted(self.ctx.bundle.records.values(),
+                                 key=lambda a: (registry.ORDER.get(a.check, 99), a.path)),
+                versions=lock,
+                extra={"inventory": str(self.ctx.target.inventory),
+                       "timings": {"wall_s": round(time.monotonic() - self._t0, 3),
+                                   "versions_s": round(versions_s, 3)}},
+            )
+            self.manifest_path = self.ctx.bundle.write_manifest(self.manifest)
+        finally:
+            self.ctx.close()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        tr.section("POC-1 acceptance")
+        for rec in sorted(self.records.values(), key=lambda r: registry.ORDER[r.id]):
+            line = f"{rec.outcome.upper():7} {rec.id:19} {rec.duration_s:6.2f}s"
+            tr.write_line(line + (f"  {rec.cause}" if rec.cause else ""))
+        if self.manifest is not None:
+            missing = self.manifest["missing_checks"]
+            tr.write_line(f"verdict: {self.manifest['verdict']} ({self.manifest['verdict_basis']})"
+                          + (f"; missing checks: {', '.join(missing)}" if missing else ""))
+            tr.write_line(f"evidence: {self.manifest_path}")

@@ -1,0 +1,104 @@
+"""The SQL of checks 4–5, built with SQLAlchemy from db_init's models (no second copy of the schema).
+
+``sql_text`` renders a statement for the artifacts exactly as PostgreSQL receives it (literal values),
+so a reader can re-run the query by hand.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Select, func, select
+from sqlalchemy.dialects import postgresql
+
+from db_init import Request, Response
+from evidence_writers.writers import SqlResult
+
+HEAD_ROWS = 5
+REQUEST_COLUMNS = (Request.id, Request.created_at, Request.request_id, Request.route, Request.model,
+                   Request.status_code, Request.user_id, Request.api_key, Request.start_time, Request.end_time,
+                   Request.payload)
+RESPONSE_COLUMNS = (Response.id, Response.created_at, Response.request_id_fk, Response.latency_ms,
+                    Response.prompt_tokens, Response.completion_tokens, Response.total_tokens, Response.cost,
+                    Response.response_model, Response.content)
+
+
+def sql_text(stmt: Select) -> str:
+    return str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+def result(conn: Connection, title: str, stmt: Select, note: str | None = None) -> SqlResult:
+    res = conn.execute(stmt)
+    return SqlResult(title=title, sql=sql_text(stmt), columns=list(res.keys()), rows=res.all(), note=note)
+
+
+def newest_requests(limit: int = HEAD_ROWS) -> Select:
+    return select(*REQUEST_COLUMNS).order_by(Request.id.desc()).limit(limit)
+
+
+def newest_responses(limit: int = HEAD_ROWS) -> Select:
+    return select(*RESPONSE_COLUMNS).order_by(Response.id.desc()).limit(limit)
+
+
+def request_by_call_id(call_id: str) -> Select:
+    return select(*REQUEST_COLUMNS).where(Request.request_id == call_id)
+
+
+def responses_of_call(call_id: str) -> Select:
+    return (select(*RESPONSE_COLUMNS).join(Request, Response.request_id_fk == Request.id)
+            .where(Request.request_id == call_id).order_by(Response.id))
+
+
+def join_for_call(call_id: str) -> Select:
+    return (select(Request.id.label("request_pk"), Request.request_id, Request.model, Request.status_code,
+                   Response.id.label("response_id"), Response.latency_ms, Response.prompt_tokens,
+                   Response.completion_tokens, Response.total_tokens, Response.response_model)
+            .join(Response, Response.request_id_fk == Request.id)
+            .where(Request.request_id == call_id))
+
+
+def integrity_counts() -> dict[str, Select]:
+    """Counts over the whole tables; the names are what join_check.txt prints."""
+    per_request = (select(Response.request_id_fk).group_by(Response.request_id_fk)
+                   .having(func.count() > 1).subquery())
+    duplicates = select(Request.request_id).group_by(Request.request_id).having(func.count() > 1).subquery()
+    return {
+        "requests": select(func.count()).select_from(Request),
+        "responses": select(func.count()).select_from(Response),
+        "orphan_responses": (select(func.count()).select_from(Response)
+                             .outerjoin(Request, Response.request_id_fk == Request.id)
+                             .where(Request.id.is_(None))),
+        "requests_without_response": (select(func.count()).select_from(Request)
+                                      .outerjoin(Response, Response.request_id_fk == Request.id)
+                                      .where(Response.id.is_(None))),
+        "duplicate_request_ids": select(func.count()).select_from(duplicates),
+        "requests_with_several_responses": select(func.count()).select_from(per_request),
+    }
+
+
+@dataclass
+class Found:
+    request: Any | None
+    responses: list[Any]
+    waited_s: float
+    polls: int
+
+
+def wait_for_call(conn: Connection, call_id: str, timeout_s: float, interval_s: float = 0.2) -> Found:
+    """Poll (bounded) until the call's request row and at least one linked response are visible.
+
+    The logger writes after the answer has been sent, so the row may lag the HTTP response a little.
+    Each poll is its own READ ONLY transaction, so it sees rows committed since the previous one.
+    """
+    start = time.monotonic()
+    polls = 0
+    while True:
+        polls += 1
+        request = conn.execute(request_by_call_id(call_id)).first()
+        responses = conn.execute(responses_of_call(call_id)).all() if request is not None else []
+        conn.rollback()
+        waited = time.monotonic() - start
+        if (request is not None and responses) or waited >= timeout_s:
+            return Found(request, responses, round(waited, 3), polls)
+        time.sleep(interval_s)

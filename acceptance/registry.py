@@ -1,0 +1,34 @@
+"""The acceptance checks of the closeout pack, in the order they run.
+
+Why a registry: the manifest, the verdict, the HTML report and the scheduled runs all need the same
+list of check ids, titles and artifact names, including checks whose module is not written yet (a
+check with no module is listed as missing and does not run). A check module declares itself with
+``pytestmark = pytest.mark.check("<id>")``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    id: str
+    title: str
+    #: files the check always leaves in the evidence dir (a placeholder if it ended before writing one)
+    artifacts: tuple[str, ...]
+
+
+CHECKS: tuple[CheckSpec, ...] = (
+    CheckSpec("service_status", "litellm-gateway service is active (running)", ("service_status.txt",)),
+    CheckSpec("gateway_db_connect", "Gateway is connected to PostgreSQL (logger journal + live session)",
+              ("gateway_db_connect.log",)),
+    CheckSpec("chat_call", "Runbook chat call returns HTTP 200 with a completion", ("chat_call.json",)),
+    CheckSpec("db_rows", "This run's request and its response are logged",
+              ("requests_head.txt", "responses_head.txt")),
+    CheckSpec("join_check", "Request-to-response join and table integrity", ("join_check.txt",)),
+    # check 6: written by its own module (acceptance/check_overhead.py), which declares its artifacts here
+    CheckSpec("overhead", "DB-logging overhead benchmark", ()),
+)
+
+BY_ID: dict[str, CheckSpec] = {c.id: c for c in CHECKS}
+ORDER: dict[str, int] = {c.id: i for i, c in enumerate(CHECKS)}
