@@ -1,0 +1,1136 @@
+"""LiteLLM ``CustomLogger`` that writes every gateway call (success or failure) to PostgreSQL.
+
+Named in config.yaml as ``litellm_settings: callbacks: gateway_logger.proxy_handler_instance``. Each
+call becomes one ``requests`` row and one linked ``responses`` row, built from the models of
+``db_init.py`` (the only schema).
+
+Why it is shaped this way: LiteLLM runs callbacks on its event loop, and part of every request on the
+loop's default thread pool. A database write on either stalls the whole gateway when PostgreSQL is
+slow or frozen. So the callback only captures references and puts them on a bounded in-memory queue;
+one dedicated writer thread turns them into rows and writes them in batches (one multi-row
+``INSERT ... ON CONFLICT (request_id) DO NOTHING`` per table, one transaction per batch), so a replay
+never duplicates. When PostgreSQL is down or frozen rows wait: in the queue, then (queue full) in
+JSONL spool files on disk, which the writer replays once the database is back. Rows are lost only
+past ``queue max + batch max (in flight) + spool max rows``, and then counted and logged.
+
+Database URL: ``general_settings.gateway_logger_db_url`` of the proxy config (``os.environ/NAME``
+references are resolved), else the environment variable ``POC1_DB_URL``.
+
+Settings (environment variables, defaults in brackets):
+
+* ``POC1_LOGGER_QUEUE_MAX`` [10000] rows held in memory while the writer is busy or the DB is away.
+* ``POC1_LOGGER_BATCH_MAX`` [500] rows per INSERT/transaction (also rows per spool segment file).
+* ``POC1_LOGGER_FLUSH_INTERVAL_MS`` [100] longest wait for a batch to fill before it is written.
+* ``POC1_LOGGER_SPOOL_DIR`` [/var/tmp/poc1-gateway-logger-<uid>] spool directory (created 0700;
+  holds request payloads). Segments are tagged with a hash of the database URL, so a spool is only
+  ever replayed into the database it was meant for.
+* ``POC1_LOGGER_SPOOL_MAX_ROWS`` [100000] rows kept on disk at most; beyond that rows are dropped
+  (counted in ``rows_dropped`` and logged).
+* ``POC1_LOGGER_WRITE_TIMEOUT_S`` [10] watchdog: a database operation running longer (a frozen
+  server still ACKs TCP, so keepalives do not notice) gets its sockets shut down and is retried.
+* ``POC1_LOGGER_SHUTDOWN_TIMEOUT_S`` [10] time the exit flush may take; what is left is spooled.
+* ``POC1_LOGGER_METRICS_PORT`` [9464] Prometheus metrics on 127.0.0.1:<port>; empty = off.
+* ``POC1_LOGGER_TEST_DELAY_MS`` [0] TEST ONLY: sleeps this long inside every batch transaction, to
+  imitate a slow database (caps throughput at batch max * 1000 / delay rows/s). Never set it in
+  production.
+
+Journal lines (stderr, own handler, survive LiteLLM reconfiguring logging):
+``gateway_logger: database connection established: <masked url> server=PostgreSQL <version> ...``,
+``gateway_logger: database connection lost: <one-line cause>``,
+``gateway_logger: database connection restored: <masked url> ...``.
+"""
+from __future__ import annotations
+
+import atexit
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # importing litellm must never dial out
+
+try:
+    import db_init
+except ImportError:  # loaded by LiteLLM from beside config.yaml, without that directory on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import db_init
+
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, StatementError
+
+try:
+    from litellm.integrations.custom_logger import CustomLogger
+except ImportError:  # the writer is usable (and testable) without LiteLLM
+    CustomLogger = object  # type: ignore[misc,assignment]
+
+Request, Response = db_init.Request, db_init.Response
+
+# --------------------------------------------------------------------------------------------------
+# journal lines
+
+
+def _make_log() -> logging.Logger:
+    log = logging.getLogger("gateway_logger")
+    log.setLevel(logging.INFO)
+    log.propagate = False  # LiteLLM's own handlers/levels must neither swallow nor duplicate these lines
+    if not any(getattr(h, "_gateway_logger", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._gateway_logger = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    return log
+
+
+_log = _make_log()
+
+
+def say(message: str) -> None:
+    """One journal line. Re-asserts the handler: dictConfig(disable_existing_loggers) may have run."""
+    _log.disabled = False
+    _make_log().info("gateway_logger: %s", message)
+
+
+class RateLimitedSay:
+    """At most one line per ``every`` seconds for a repeating condition (drops, rejected rows)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every, self._last = every, -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.every:
+                return
+            self._last = now
+        say(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# settings and counters
+
+
+def _default_spool_dir() -> str:
+    return f"/var/tmp/poc1-gateway-logger-{os.getuid()}"
+
+
+class Settings(NamedTuple):
+    """The logger's settings (a NamedTuple, not a dataclass: LiteLLM loads this file without
+    registering it in sys.modules, which dataclasses need)."""
+
+    queue_max: int = 10_000
+    batch_max: int = 500
+    flush_interval_ms: int = 100
+    spool_dir: str = ""
+    spool_max_rows: int = 100_000
+    write_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 10.0
+    metrics_port: int | None = 9464
+    test_delay_ms: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> "Settings":
+        """Settings from the environment; a malformed value is named in one line and the default kept."""
+        values: dict[str, Any] = {}
+        for name, default in cls._field_defaults.items():
+            var = SETTINGS_ENV[name]
+            raw = env.get(var)
+            if raw is None:
+                continue
+            raw = raw.strip()
+            if name == "spool_dir":
+                values[name] = raw
+                continue
+            if name == "metrics_port" and raw == "":
+                values[name] = None
+                continue
+            try:
+                number = float(raw) if name.endswith("_s") else int(raw)
+                if number < 0 or (name in ("queue_max", "batch_max") and number < 1):
+                    raise ValueError
+            except ValueError:
+                say(f"setting {var}={raw!r} is not a valid number; using the default {default}")
+                continue
+            values[name] = number
+        values.update(overrides)
+        settings = cls(**values)
+        return settings if settings.spool_dir else settings._replace(spool_dir=_default_spool_dir())
+
+
+SETTINGS_ENV = {
+    "queue_max": "POC1_LOGGER_QUEUE_MAX",
+    "batch_max": "POC1_LOGGER_BATCH_MAX",
+    "flush_interval_ms": "POC1_LOGGER_FLUSH_INTERVAL_MS",
+    "spool_dir": "POC1_LOGGER_SPOOL_DIR",
+    "spool_max_rows": "POC1_LOGGER_SPOOL_MAX_ROWS",
+    "write_timeout_s": "POC1_LOGGER_WRITE_TIMEOUT_S",
+    "shutdown_timeout_s": "POC1_LOGGER_SHUTDOWN_TIMEOUT_S",
+    "metrics_port": "POC1_LOGGER_METRICS_PORT",
+    "test_delay_ms": "POC1_LOGGER_TEST_DELAY_MS",
+}
+
+
+class Stats:
+    """The writer's counters in one place; ``snapshot()`` is what metrics exporters read."""
+
+    COUNTERS = ("rows_received", "rows_written", "rows_duplicate", "rows_spooled", "rows_replayed",
+                "rows_rejected", "rows_degraded", "rows_dropped", "batches", "batch_failures",
+                "pool_checkouts", "pool_connects", "watchdog_fired", "connection_losses")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._c: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
+        self.batch_seconds_sum = 0.0
+        self.batch_seconds_max = 0.0
+        self.batch_seconds_last = 0.0
+        self.connected = False
+        self.gauges: dict[str, Callable[[], int]] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._c[name] += n
+
+    def observe_batch(self, seconds: float) -> None:
+        with self._lock:
+            self._c["batches"] += 1
+            self.batch_seconds_sum += seconds
+            self.batch_seconds_last = seconds
+            self.batch_seconds_max = max(self.batch_seconds_max, seconds)
+
+    def __getitem__(self, name: str) -> int:
+        return self._c[name]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            snap: dict[str, Any] = dict(self._c)
+            snap.update(batch_seconds_sum=self.batch_seconds_sum, batch_seconds_max=self.batch_seconds_max,
+                        batch_seconds_last=self.batch_seconds_last, connected=self.connected)
+        for name, gauge in self.gauges.items():
+            try:
+                snap[name] = gauge()
+            except Exception:
+                snap[name] = -1
+        return snap
+
+
+# --------------------------------------------------------------------------------------------------
+# from a LiteLLM callback to plain, storable rows
+
+#: keys LiteLLM injects into the request body (``metadata`` carries headers and key details)
+INJECTED_BODY_KEYS = frozenset({"metadata", "litellm_metadata", "litellm_call_id", "litellm_trace_id",
+                                "proxy_server_request", "secret_fields"})
+#: keys whose values are credentials wherever they appear in a payload
+SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "api_key", "api-key", "x-api-key",
+                         "apikey", "password", "client_secret", "secret", "access_token",
+                         "refresh_token", "azure_ad_token", "aws_secret_access_key", "cookie",
+                         "x-litellm-api-key"})
+MAX_DEPTH = 40
+NO_KEY, INVALID_KEY = "none", "invalid"
+
+
+def _limits(model: type) -> dict[str, int]:
+    return {c.name: c.type.length for c in model.__table__.columns if getattr(c.type, "length", None)}
+
+
+LIMITS = {"request": _limits(Request), "response": _limits(Response)}
+
+
+def clean_text(s: str) -> str:
+    """PostgreSQL rejects NUL in text and JSONB, and psycopg2 cannot encode lone surrogates."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+def jsonable(obj: Any, depth: int = 0) -> Any:
+    """A storable copy: JSON types only, clean strings, no NaN/inf (JSONB rejects them), secrets masked."""
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj
+    if isinstance(obj, str):
+        return clean_text(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if depth >= MAX_DEPTH:
+        return clean_text(str(obj)[:200])
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in list(obj.items()):
+            key = clean_text(str(k))
+            out[key] = "***" if key.lower() in SECRET_KEYS and v else jsonable(v, depth + 1)
+        return out
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v, depth + 1) for v in list(obj)]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        try:
+            return jsonable(dump(), depth + 1)
+        except Exception:
+            pass
+    return clean_text(str(obj))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if -(2**31) <= n < 2**31 else None
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return None
+
+
+def _cost(value: Any) -> str | None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return f"{value:.12f}".rstrip("0").rstrip(".") or "0"
+
+
+def capture(kwargs: Mapping[str, Any], failed: bool) -> dict[str, Any]:
+    """What the callback keeps: references only (cheap: it runs on LiteLLM's event loop)."""
+    litellm_params = kwargs.get("litellm_params") or {}
+    server_request = litellm_params.get("proxy_server_request") or {}
+    return {
+        "slo": kwargs.get("standard_logging_object") or {},
+        "body": server_request.get("body") if isinstance(server_request, Mapping) else None,
+        "exception": kwargs.get("exception") if failed else None,
+        "failed": failed,
+        "call_id": kwargs.get("litellm_call_id"),
+        "model": kwargs.get("model"),
+        "received": time.time(),
+    }
+
+
+def status_of(captured: Mapping[str, Any]) -> int:
+    """The HTTP status the client got, as LiteLLM maps it (uncoded auth failures answer 401)."""
+    if not captured.get("failed"):
+        return 200
+    exc = captured.get("exception")
+    for attr in ("status_code", "code"):
+        code = _int(getattr(exc, attr, None))
+        if code and 100 <= code <= 599:
+            return code
+    slo = captured.get("slo") or {}
+    code = _int((slo.get("error_information") or {}).get("error_code"))
+    if code and 100 <= code <= 599:
+        return code
+    if not (slo.get("metadata") or {}).get("user_api_key_hash"):
+        return 401  # never authenticated: LiteLLM turns such a bare exception into 401
+    return 500
+
+
+def _api_key_marker(captured: Mapping[str, Any], status: int) -> str:
+    """LiteLLM's key hash for an authenticated call; a fixed marker otherwise (never the raw key)."""
+    key_hash = ((captured.get("slo") or {}).get("metadata") or {}).get("user_api_key_hash")
+    if not key_hash:
+        return NO_KEY
+    exc_type = str(getattr(captured.get("exception"), "type", "") or "")
+    if status in (401, 403) or exc_type in ("auth_error", "no_db_connection"):
+        return INVALID_KEY
+    return str(key_hash)
+
+
+def _payload(captured: Mapping[str, Any]) -> Any:
+    body = captured.get("body")
+    if isinstance(body, Mapping):
+        return jsonable({k: v for k, v in body.items() if k not in INJECTED_BODY_KEYS})
+    slo = captured.get("slo") or {}  # auth failures come without the body: rebuild it from the payload
+    rebuilt: dict[str, Any] = {"model": slo.get("model_group") or captured.get("model") or slo.get("model")}
+    if slo.get("messages") is not None:
+        rebuilt["messages"] = slo.get("messages")
+    rebuilt.update(slo.get("model_parameters") or {})
+    return jsonable(rebuilt)
+
+
+def _content(captured: Mapping[str, Any]) -> Any:
+    slo = captured.get("slo") or {}
+    if not captured.get("failed"):
+        return jsonable(slo.get("response"))
+    info = slo.get("error_information") or {}
+    exc = captured.get("exception")
+    return jsonable({"error": {
+        "message": slo.get("error_str") or info.get("error_message") or (str(exc) if exc else None),
+        "class": info.get("error_class") or (type(exc).__name__ if exc else None),
+        "code": info.get("error_code") or None,
+        "type": getattr(exc, "type", None),
+        "llm_provider": info.get("llm_provider") or None,
+    }})
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values made storable one by one (a column named api_key is not a secret to mask)."""
+    return {k: jsonable(v) for k, v in values.items()}
+
+
+def _truncate(values: dict[str, Any], table: str) -> dict[str, Any]:
+    for name, limit in LIMITS[table].items():
+        v = values.get(name)
+        if isinstance(v, str):
+            values[name] = clean_text(v)[:limit]
+    return values
+
+
+def normalize(captured: Mapping[str, Any]) -> dict[str, Any]:
+    """A captured call as one JSON-safe record {request, response}: what is queued, spooled, written."""
+    slo = captured.get("slo") or {}
+    md = slo.get("metadata") or {}
+    body = captured.get("body") if isinstance(captured.get("body"), Mapping) else {}
+    status = status_of(captured)
+    start, end = _epoch(slo.get("startTime")), _epoch(slo.get("endTime"))
+    response = slo.get("response") if isinstance(slo.get("response"), Mapping) else {}
+    request_id = slo.get("litellm_call_id") or captured.get("call_id") or f"gateway-logger-{uuid.uuid4()}"
+    req = _scalars({
+        "request_id": str(request_id),
+        "route": md.get("user_api_key_request_route"),
+        "model": slo.get("model_group") or body.get("model") or captured.get("model") or slo.get("model"),
+        "status_code": status,
+        "user_id": slo.get("end_user") or md.get("user_api_key_user_id"),
+        "api_key": _api_key_marker(captured, status),
+        "start_time": start,
+        "end_time": end if end is not None else captured.get("received"),
+    })
+    req["payload"] = _payload(captured)
+    resp = _scalars({
+        "latency_ms": _int(round((end - start) * 1000)) if start is not None and end is not None else None,
+        "prompt_tokens": _int(slo.get("prompt_tokens")),
+        "completion_tokens": _int(slo.get("completion_tokens")),
+        "total_tokens": _int(slo.get("total_tokens")),
+        "cost": _cost(slo.get("response_cost")),
+        "response_model": response.get("model") or slo.get("model"),
+    })
+    resp["content"] = _content(captured)
+    return {"request": _truncate(req, "request"), "response": _truncate(resp, "response")}
+
+
+def degrade(record: Mapping[str, Any], cause: str) -> dict[str, Any]:
+    """The same row with the documents replaced: keeps the fact of the call when its body cannot be stored."""
+    marker = {"gateway_logger": f"document not storable: {clean_text(cause)[:300]}"}
+    req = {k: (clean_text(v) if isinstance(v, str) else v) for k, v in record["request"].items()}
+    resp = {k: (clean_text(v) if isinstance(v, str) else v) for k, v in record["response"].items()}
+    req["payload"], resp["content"] = marker, marker
+    for name in ("status_code", "latency_ms", "prompt_tokens", "completion_tokens", "total_tokens"):
+        for part in (req, resp):
+            if name in part:
+                part[name] = _int(part[name]) if name != "status_code" else (_int(part[name]) or 0)
+    return {"request": _truncate(req, "request"), "response": _truncate(resp, "response")}
+
+
+def _ts(epoch: Any) -> datetime | None:
+    return datetime.fromtimestamp(epoch, timezone.utc) if isinstance(epoch, (int, float)) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# the on-disk spool
+
+
+class Spool:
+    """JSONL segment files of normalized records; bounded by ``max_rows``; replayed oldest first.
+
+    The segment being appended to is flock'ed, so a second process sharing the directory never
+    replays a live file; closed segments may be replayed by anyone (ON CONFLICT makes that safe).
+    """
+
+    def __init__(self, directory: str, max_rows: int, segment_rows: int, db_tag: str) -> None:
+        self.dir = Path(directory)
+        self.max_rows, self.segment_rows, self.db_tag = max_rows, segment_rows, db_tag
+        self._lock = threading.Lock()
+        self._file: Any = None
+        self._file_rows = 0
+        self._seq = 0
+        self.rows = 0
+        self.usable = True
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.rows = sum(self._count(p) for p in self._segments())
+        except OSError as exc:
+            self.usable = False
+            say(f"spool directory {self.dir} unusable ({exc.strerror or exc}); rows beyond the queue "
+                "will be dropped and counted")
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.dir.glob(f"spool-{self.db_tag}-*.jsonl"))  # names start with time_ns: oldest first
+
+    @staticmethod
+    def _count(path: Path) -> int:
+        try:
+            with open(path, "rb") as f:
+                return sum(1 for line in f if line.strip())
+        except OSError:
+            return 0
+
+    def append(self, records: Iterable[dict[str, Any]]) -> int:
+        """Append as many as fit; returns how many were written."""
+        if not self.usable:
+            return 0
+        written = 0
+        with self._lock:
+            try:
+                for record in records:
+                    if self.rows >= self.max_rows:
+                        break
+                    if self._file is None:
+                        self._open_segment()
+                    self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+                    self._file_rows += 1
+                    self.rows += 1
+                    written += 1
+                    if self._file_rows >= self.segment_rows:
+                        self._close_segment()
+                if self._file is not None:
+                    self._file.flush()
+            except OSError as exc:
+                say(f"spool write failed in {self.dir}: {exc.strerror or exc}")
+        return written
+
+    def _open_segment(self) -> None:
+        self._seq += 1
+        name = f"spool-{self.db_tag}-{time.time_ns()}-{os.getpid()}-{self._seq}.jsonl"
+        fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self._file_rows = 0
+
+    def _close_segment(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock: the segment becomes replayable
+            self._file = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_segment()
+
+    def take(self) -> tuple[Path, int, list[dict[str, Any]]] | None:
+        """The oldest closed segment: (path, lock fd, records). This process's live segment is closed
+        first, so its rows become replayable."""
+        if not self.usable or self.rows <= 0:
+            return None
+        with self._lock:
+            self._close_segment()
+        for path in self._segments():
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # live segment of this or another process
+                continue
+            records, bad = [], 0
+            with open(fd, "r", encoding="utf-8", closefd=False) as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        bad += 1  # a torn last line after a crash
+            if bad:
+                say(f"spool segment {path.name}: {bad} unreadable line(s) skipped")
+            return path, fd, records
+        return None
+
+    def done(self, path: Path, fd: int, count: int) -> None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        os.close(fd)
+        with self._lock:
+            self.rows = max(0, self.rows - count)
+
+    @staticmethod
+    def release(fd: int) -> None:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# the writer
+
+
+class _Outage(Exception):
+    """The database cannot take writes now (down, frozen, refusing): rows must wait."""
+
+
+_ROW_ERROR_CLASSES = ("22", "23")  # SQLSTATE classes that belong to one row's data
+
+
+def _is_row_error(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        code = getattr(exc.orig, "pgcode", None) or ""
+        return code[:2] in _ROW_ERROR_CLASSES
+    if isinstance(exc, StatementError):  # raised before the server saw it (encoding, JSON)
+        return True
+    return isinstance(exc, (ValueError, TypeError, UnicodeError))
+
+
+def resolve_db_url() -> str | None:
+    """``general_settings.gateway_logger_db_url`` of the running proxy, else ``$POC1_DB_URL``."""
+    proxy = sys.modules.get("litellm.proxy.proxy_server")
+    value = ((getattr(proxy, "general_settings", None) or {}).get("gateway_logger_db_url")
+             if proxy is not None else None)
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        value = os.environ.get(value.split("/", 1)[1])
+    return value or os.environ.get(db_init.URL_ENV) or None
+
+
+#: libpq keepalives: a vanished host (not a frozen process: its kernel still ACKs) is noticed in ~25 s
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 20_000}
+
+
+class Writer:
+    """The one thread that writes: bounded queue in, batched transactions out, spool in between."""
+
+    RETRY_MIN_S, RETRY_MAX_S = 0.25, 2.0
+
+    def __init__(self, settings: Settings, stats: Stats | None = None,
+                 url: str | Callable[[], str | None] | None = None) -> None:
+        self.settings = settings
+        self.stats = stats or Stats()
+        self._url_source = url
+        self.url: str | None = None
+        self.engine: Engine | None = None
+        self.spool: Spool | None = None
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=settings.queue_max)
+        self._pending: list[dict[str, Any]] = []
+        self._pending_queue_items = 0  # how many queue items _pending came from (for task_done)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._deadline: float | None = None
+        self._raw_conns: dict[int, Any] = {}
+        self._conns_lock = threading.Lock()
+        self._state = "unknown"  # unknown -> up/down; "established" is said once, later "restored"
+        self._ever_up = False
+        self._down_since = 0.0
+        self._server = ""
+        self._say_drop = RateLimitedSay()
+        self._say_reject = RateLimitedSay()
+        self.stats.gauges.update(queue_depth=self.queue.qsize, spool_rows=lambda: self.spool.rows if self.spool else 0,
+                                 in_flight=lambda: len(self._pending))
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def start(self) -> "Writer":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gateway-logger-writer", daemon=True)
+            self._thread.start()
+            self._watchdog = threading.Thread(target=self._watch, name="gateway-logger-watchdog", daemon=True)
+            self._watchdog.start()
+        return self
+
+    def submit(self, item: dict[str, Any], normalized: bool = False) -> None:
+        """Never blocks, never raises: queue, else spool, else count as dropped."""
+        self.stats.add("rows_received")
+        if not self._stop.is_set():
+            try:
+                self.queue.put_nowait(item if not normalized else {"normalized": item})
+                return
+            except queue.Full:
+                pass
+        self._overflow([item if normalized else self._normalize(item)], "queue full")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is written (or rejected); for tests and tools."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            spool_rows = self.spool.rows if self.spool else 0
+            if self.queue.unfinished_tasks == 0 and not self._pending and spool_rows == 0 \
+                    and self._ready.is_set():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Write what can be written in time, spool the rest, close. Safe to call more than once."""
+        timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # stuck on a frozen server past the timeout: keep the rows on disk
+                self._spool_leftovers("writer still blocked at shutdown")
+        else:
+            self._spool_leftovers("writer never started")
+        if self.spool is not None:
+            self.spool.close()
+
+    # -- thread bodies --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._setup()
+        finally:
+            self._ready.set()
+        retry = self.RETRY_MIN_S
+        segment: tuple[Path, int, list[dict[str, Any]]] | None = None
+        while True:
+            if self._stop.is_set():
+                if segment is not None:  # its rows are still in the file: leave them there
+                    Spool.release(segment[1])
+                    self._pending, segment = [], None
+                self._drain_at_stop()
+                break
+            if self.engine is None:  # no usable URL: everything goes to the spool
+                self._collect(block=True)
+                self._overflow(self._take_pending(), "no database configured")
+                continue
+            if self._state != "up":
+                if self._stop.wait(retry):
+                    continue
+                retry = min(retry * 2, self.RETRY_MAX_S)
+                if not self._probe():
+                    continue
+            retry = self.RETRY_MIN_S
+            if not self._pending:
+                if segment is None and self.spool and self.spool.rows and self.queue.qsize() < self.settings.batch_max:
+                    segment = self.spool.take()
+                    if segment is not None:
+                        self._pending, self._pending_queue_items = segment[2], 0
+                        if not self._pending:  # empty file
+                            self.spool.done(segment[0], segment[1], 0)
+                            segment = None
+                        continue
+                self._collect(block=True)
+                continue
+            from_spool = segment is not None
+            try:
+                self._write(self._pending, from_spool)
+            except _Outage:
+                if segment is not None:  # the rows stay in their file; do not hold them twice
+                    Spool.release(segment[1])
+                    self._pending, segment = [], None
+                continue
+            if segment is not None and self.spool is not None:
+                self.stats.add("rows_replayed", len(segment[2]))
+                self.spool.done(segment[0], segment[1], len(segment[2]))
+                segment = None
+            elif not from_spool:
+                for _ in range(self._pending_queue_items):
+                    self.queue.task_done()
+            self._pending, self._pending_queue_items = [], 0
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def _collect(self, block: bool) -> None:
+        """Fill ``_pending`` from the queue: up to batch max, waiting at most the flush interval."""
+        interval = self.settings.flush_interval_ms / 1000.0
+        try:
+            first = self.queue.get(timeout=interval) if block else self.queue.get_nowait()
+        except queue.Empty:
+            return
+        items = [first]
+        deadline = time.monotonic() + interval
+        while len(items) < self.settings.batch_max:
+            try:
+                items.append(self.queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                break
+            try:
+                items.append(self.queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        self._pending = [it["normalized"] if "normalized" in it else self._normalize(it) for it in items]
+        self._pending_queue_items = len(items)
+
+    def _take_pending(self) -> list[dict[str, Any]]:
+        rows = self._pending
+        for _ in range(self._pending_queue_items):
+            self.queue.task_done()
+        self._pending, self._pending_queue_items = [], 0
+        return rows
+
+    def _drain_at_stop(self) -> None:
+        deadline = time.monotonic() + max(0.0, self.settings.shutdown_timeout_s - 1.0)
+        while time.monotonic() < deadline and self.engine is not None:
+            if not self._pending:
+                self._collect(block=False)
+                if not self._pending:
+                    break
+            if self._state != "up" and not self._probe():
+                break
+            try:
+                self._write(self._pending, False)
+            except _Outage:
+                break
+            self._take_pending()
+        self._spool_leftovers("shutdown")
+
+    def _spool_leftovers(self, why: str) -> None:
+        rows = self._take_pending()
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            rows.append(item["normalized"] if "normalized" in item else self._normalize(item))
+            self.queue.task_done()
+        if rows:
+            self._overflow(rows, why)
+            say(f"{why}: {len(rows)} row(s) not yet written were moved to the spool {self.settings.spool_dir}")
+
+    # -- setup, probing, state lines ------------------------------------------------------------
+
+    def _setup(self) -> None:
+        self.url = self._resolve_url()
+        tag = hashlib.sha256((db_init.mask_url(self.url) if self.url else "none").encode()).hexdigest()[:12]
+        self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_rows, self.settings.batch_max, tag)
+        if not self.url:
+            say(f"no database URL (general_settings.gateway_logger_db_url or {db_init.URL_ENV}); "
+                "rows go to the spool and are dropped past its bound")
+            return
+        try:
+            url = make_url(self.url)
+            if url.get_backend_name() != "postgresql":
+                raise ValueError(f"backend {url.get_backend_name()} is not PostgreSQL")
+            self.engine = db_init.make_engine(
+                url, application_name="gateway_logger", pool_size=2, max_overflow=0, pool_timeout=10,
+                connect_args=dict(KEEPALIVES))
+        except Exception as exc:
+            say(f"database URL unusable ({type(exc).__name__}: {db_init.one_line_cause(exc, self.url)}); "
+                "rows go to the spool")
+            self.engine = None
+            return
+        event.listen(self.engine, "connect", self._on_connect)
+        event.listen(self.engine, "close", self._on_close)
+        event.listen(self.engine, "checkout", lambda *a: self.stats.add("pool_checkouts"))
+        if self.spool.rows:
+            say(f"{self.spool.rows} spooled row(s) found in {self.settings.spool_dir}; replaying them")
+        self._probe()
+
+    def _resolve_url(self) -> str | None:
+        source = self._url_source
+        if isinstance(source, str):
+            return source
+        if callable(source):
+            return source()
+        proxy = sys.modules.get("litellm.proxy.proxy_server")
+        if proxy is not None:
+            # the proxy creates its callbacks before it reads general_settings: wait for them briefly
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not getattr(proxy, "general_settings", None):
+                if self._stop.wait(0.05):
+                    break
+        return resolve_db_url()
+
+    def _probe(self) -> bool:
+        """Reach the database and say so on a state change."""
+        assert self.engine is not None
+        self._arm()
+        try:
+            with self.engine.connect() as conn:
+                version, db, user = conn.execute(select(
+                    func.current_setting("server_version"), func.current_database(), func.current_user()
+                )).one()
+        except Exception as exc:
+            self._down(exc)
+            return False
+        finally:
+            self._disarm()
+        host = make_url(self.url).host if self.url else "?"
+        self._server = f"server=PostgreSQL {str(version).split()[0]} host={host} db={db} user={user}"
+        self._up()
+        return True
+
+    def _up(self) -> None:
+        if self._state == "up":
+            return
+        masked = db_init.mask_url(self.url or "")
+        if not self._ever_up:
+            say(f"database connection established: {masked} {self._server}")
+        else:
+            waiting = self.queue.qsize() + len(self._pending) + (self.spool.rows if self.spool else 0)
+            say(f"database connection restored: {masked} {self._server} "
+                f"after {time.monotonic() - self._down_since:.1f}s; rows waiting={waiting}")
+        self._ever_up, self._state = True, "up"
+        self.stats.connected = True
+
+    def _down(self, exc: BaseException) -> None:
+        if self._state == "down":
+            return
+        cause = db_init.one_line_cause(exc, self.url)
+        if self._state == "up":
+            self.stats.add("connection_losses")
+        say(f"database connection lost: {cause}")
+        self._state, self._down_since = "down", time.monotonic()
+        self.stats.connected = False
+        if self.engine is not None:
+            try:
+                self.engine.dispose()  # drop pooled sockets of a restarted/frozen server
+            except Exception:
+                pass
+
+    # -- watchdog: a frozen server must not hang the writer ---------------------------------------
+
+    def _on_connect(self, dbapi_conn: Any, record: Any) -> None:
+        self.stats.add("pool_connects")
+        with self._conns_lock:
+            self._raw_conns[id(dbapi_conn)] = dbapi_conn
+
+    def _on_close(self, dbapi_conn: Any, record: Any) -> None:
+        with self._conns_lock:
+            self._raw_conns.pop(id(dbapi_conn), None)
+
+    def _arm(self) -> None:
+        self._deadline = time.monotonic() + self.settings.write_timeout_s
+
+    def _disarm(self) -> None:
+        self._deadline = None
+
+    def _watch(self) -> None:
+        while not (self._stop.is_set() and (self._thread is None or not self._thread.is_alive())):
+            time.sleep(0.2)
+            deadline = self._deadline
+            if deadline is None or time.monotonic() < deadline:
+                continue
+            self._deadline = None
+            self.stats.add("watchdog_fired")
+            say(f"database operation exceeded {self.settings.write_timeout_s:g}s (server frozen or "
+                "unreachable?): closing its sockets so the writer can retry")
+            with self._conns_lock:
+                conns = list(self._raw_conns.values())
+            for conn in conns:
+                try:
+                    if getattr(conn, "closed", 1):
+                        continue
+                    fd = conn.fileno()
+                    with socket.socket(fileno=os.dup(fd)) as s:
+                        s.shutdown(socket.SHUT_RDWR)
+                except Exception:
+                    pass
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _normalize(self, captured: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return normalize(captured)
+        except Exception as exc:  # never lose the fact of the call to a surprising payload
+            slo = captured.get("slo") or {}
+            record = {"request": {"request_id": str(slo.get("litellm_call_id") or captured.get("call_id")
+                                                    or f"gateway-logger-{uuid.uuid4()}"),
+                                  "status_code": 0, "end_time": captured.get("received")},
+                      "response": {}}
+            return degrade(record, f"{type(exc).__name__}: {exc}")
+
+    def _overflow(self, records: list[dict[str, Any]], why: str) -> None:
+        if not records:
+            return
+        spooled = self.spool.append(records) if self.spool is not None else 0
+        if spooled:
+            self.stats.add("rows_spooled", spooled)
+        lost = len(records) - spooled
+        if lost:
+            self.stats.add("rows_dropped", lost)
+            self._say_drop(f"rows dropped: {self.stats['rows_dropped']} so far ({why}; queue max "
+                           f"{self.settings.queue_max} and spool max {self.settings.spool_max_rows} rows reached)")
+
+    def _insert(self, records: list[dict[str, Any]]) -> tuple[int, int]:
+        """One transaction: multi-row INSERT of requests (ON CONFLICT DO NOTHING, RETURNING id), then
+        their responses. Returns (inserted, duplicates)."""
+        assert self.engine is not None
+        first: dict[str, dict[str, Any]] = {}
+        for r in records:  # a call logged twice in one batch would link two responses to one id
+            first.setdefault(r["request"]["request_id"], r)
+        req_params = []
+        for r in first.values():
+            p = dict(r["request"])
+            p["start_time"], p["end_time"] = _ts(p.get("start_time")), _ts(p.get("end_time"))
+            req_params.append(p)
+        stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
+                .returning(Request.id, Request.request_id))
+        with self.engine.begin() as conn:
+            if self.settings.test_delay_ms:
+                time.sleep(self.settings.test_delay_ms / 1000.0)  # TEST ONLY (see module docstring)
+            ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
+            resp_params = [dict(first[rid]["response"], request_id_fk=pk) for rid, pk in ids.items()]
+            if resp_params:
+                conn.execute(pg_insert(Response), resp_params)
+        return len(ids), len(records) - len(ids)
+
+    def _write(self, records: list[dict[str, Any]], from_spool: bool) -> None:
+        """Write a batch; isolate bad rows; raise _Outage (rows kept) if the database is the problem."""
+        self._arm()
+        t0 = time.perf_counter()
+        try:
+            inserted, dup = self._insert(records)
+        except Exception as exc:
+            if not _is_row_error(exc):
+                self.stats.add("batch_failures")
+                self._down(exc)
+                raise _Outage from exc
+            self._write_one_by_one(records, exc)
+            return
+        finally:
+            self._disarm()
+        self.stats.observe_batch(time.perf_counter() - t0)
+        self.stats.add("rows_written", inserted)
+        self.stats.add("rows_duplicate", dup)
+        self._up()
+
+    def _write_one_by_one(self, records: list[dict[str, Any]], batch_exc: BaseException) -> None:
+        done = 0
+        try:
+            for record in records:
+                for attempt, candidate in enumerate((record, None)):
+                    if candidate is None:
+                        candidate = degrade(record, db_init.one_line_cause(batch_exc, self.url))
+                    self._arm()
+                    try:
+                        inserted, dup = self._insert([candidate])
+                    except Exception as exc:
+                        if not _is_row_error(exc):
+                            self._down(exc)
+                            raise _Outage from exc
+                        batch_exc = exc
+                        if attempt == 1:
+                            self.stats.add("rows_rejected")
+                            self.stats.add("rows_dropped")
+                            self._say_reject(f"row {record['request'].get('request_id')} rejected by the "
+                                             f"database and dropped: {db_init.one_line_cause(exc, self.url)}")
+                        continue
+                    finally:
+                        self._disarm()
+                    self.stats.add("rows_written", inserted)
+                    self.stats.add("rows_duplicate", dup)
+                    if attempt == 1:
+                        self.stats.add("rows_degraded")
+                        self._say_reject(f"row {record['request'].get('request_id')} stored without its "
+                                         f"documents: {db_init.one_line_cause(batch_exc, self.url)}")
+                    break
+                done += 1
+        except _Outage:
+            del records[:done]  # the rest stays pending (ON CONFLICT makes a retry of done rows harmless)
+            raise
+        self.stats.add("batches")
+        self._up()
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics (optional): the stats as Prometheus metrics on 127.0.0.1 only
+
+
+def serve_metrics(stats: Stats, port: int) -> bool:
+    try:
+        from prometheus_client import start_http_server
+        from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+    except ImportError:
+        say("prometheus-client not installed; metrics not served")
+        return False
+
+    class _Collector:
+        def collect(self) -> Iterable[Any]:
+            snap = stats.snapshot()
+            for name in Stats.COUNTERS:
+                yield CounterMetricFamily(f"gateway_logger_{name}", f"gateway_logger {name}", value=snap[name])
+            for name in ("batch_seconds_sum", "batch_seconds_max", "batch_seconds_last"):
+                yield GaugeMetricFamily(f"gateway_logger_{name}", f"gateway_logger {name}", value=snap[name])
+            yield GaugeMetricFamily("gateway_logger_connected", "1 when the database takes writes",
+                                    value=1 if snap["connected"] else 0)
+            for name in stats.gauges:
+                yield GaugeMetricFamily(f"gateway_logger_{name}", f"gateway_logger {name}", value=snap[name])
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        say(f"metrics not served on 127.0.0.1:{port}: {exc.strerror or exc}")
+        return False
+    say(f"metrics on http://127.0.0.1:{port}/metrics")
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# the LiteLLM callback
+
+
+_WRITERS: list[Writer] = []
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for writer in list(_WRITERS):
+        try:
+            writer.stop()
+        except Exception as exc:  # never a traceback wall at exit
+            say(f"flush at exit failed: {type(exc).__name__}: {exc}")
+
+
+class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
+    """Captures each call on LiteLLM's loop and hands it to the writer thread."""
+
+    def __init__(self, settings: Settings | None = None, db_url: str | None = None, **kwargs: Any) -> None:
+        if CustomLogger is not object:
+            super().__init__(**kwargs)
+        self.settings = settings or Settings.from_env()
+        self.stats = Stats()
+        self._db_url = db_url
+        self._writer: Writer | None = None
+        self._lock = threading.Lock()
+        self._say_capture = RateLimitedSay()
+        if "litellm.proxy.proxy_server" in sys.modules:  # inside the gateway: connect (and say so) at start
+            self.start()
+
+    @property
+    def writer(self) -> Writer:
+        return self._writer or self.start()
+
+    def start(self) -> Writer:
+        with self._lock:
+            if self._writer is None:
+                say(f"starting (pid {os.getpid()}, queue max {self.settings.queue_max}, batch max "
+                    f"{self.settings.batch_max}, spool {self.settings.spool_dir} max "
+                    f"{self.settings.spool_max_rows} rows)")
+                self._writer = Writer(self.settings, self.stats, self._db_url).start()
+                _WRITERS.append(self._writer)
+                if self.settings.metrics_port:
+                    serve_metrics(self.stats, int(self.settings.metrics_port))
+            return self._writer
+
+    def _submit(self, kwargs: Mapping[str, Any], failed: bool) -> None:
+        try:
+            self.writer.submit(capture(kwargs, failed))
+        except Exception as exc:  # the gateway must never fail because of its logger
+            self.stats.add("rows_dropped")
+            self._say_capture(f"a call could not be captured and was dropped: {type(exc).__name__}: {exc}")
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._submit(kwargs, False)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._submit(kwargs, True)
+
+
+proxy_handler_instance = GatewayLogger()

@@ -1,0 +1,168 @@
+"""A real LiteLLM proxy (``litellm --config <repo>/config.yaml``) and the stand-in model, for tests.
+
+Both run as child processes on free 127.0.0.1 ports with the environment the deploy unit gives the
+gateway (random master key, ``POC1_DB_URL``, ``UPSTREAM_API_*``, ``LITELLM_LOCAL_MODEL_COST_MAP``).
+The gateway's stdout/stderr go to a file, so tests can read the logger's journal lines. Start to the
+first 200 takes ~8 s: start it once per module.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.pgserver import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config.yaml"
+STANDIN = ROOT / "lab" / "standin_model.py"
+MODEL = "gpt-4o-mini"
+
+
+class GatewayStartError(RuntimeError):
+    pass
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise GatewayStartError(f"{url}: process exited with {proc.returncode} before answering")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise GatewayStartError(f"{url}: no 200 within {timeout:.0f}s")
+
+
+def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+    """Stop one child we started (its own process group), escalating to SIGKILL after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return proc.poll()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(5)
+
+
+@dataclass
+class Gateway:
+    """``Gateway(db_url).start()``; ``.url``, ``.headers``, ``.log_text()``, ``.stop()``."""
+
+    db_url: str
+    env: dict[str, str] = field(default_factory=dict)  # extra env, e.g. POC1_LOGGER_* settings
+    port: int = field(default_factory=free_port)
+    standin_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    master_key: str = field(default_factory=lambda: "sk-" + secrets.token_hex(16))
+    upstream_key: str = field(default_factory=lambda: "sk-upstream-" + secrets.token_hex(8))
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="poc1-gw-")))
+    proxy: subprocess.Popen | None = None
+    standin: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.master_key}"}
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.workdir / "spool"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "gateway.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def proxy_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LITELLM_LOG")}
+        env.update(
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            LITELLM_MASTER_KEY=self.master_key,
+            POC1_DB_URL=self.db_url,
+            UPSTREAM_API_BASE=f"http://127.0.0.1:{self.standin_port}/v1",
+            UPSTREAM_API_KEY=self.upstream_key,
+            POC1_LOGGER_SPOOL_DIR=str(self.spool_dir),
+            POC1_LOGGER_METRICS_PORT=str(self.metrics_port),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.env)
+        return env
+
+    def start_standin(self) -> None:
+        self.standin = subprocess.Popen(
+            [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(self.standin_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_http(f"http://127.0.0.1:{self.standin_port}/health", self.standin, 15)
+
+    def stop_standin(self) -> None:
+        _stop(self.standin)
+        self.standin = None
+
+    def start(self, timeout: float = 90.0) -> "Gateway":
+        litellm_cli = shutil.which("litellm")
+        if litellm_cli is None:
+            raise GatewayStartError("the litellm CLI is not on PATH (pip install 'litellm[proxy]')")
+        try:
+            self.start_standin()
+            with open(self.log_path, "ab") as log:
+                self.proxy = subprocess.Popen(
+                    [litellm_cli, "--config", str(CONFIG), "--host", "127.0.0.1", "--port", str(self.port),
+                     "--num_workers", "1"],
+                    cwd=ROOT, env=self.proxy_env(), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            _wait_http(f"{self.url}/health/liveliness", self.proxy, timeout)
+        except Exception as exc:
+            tail = self.log_text().splitlines()[-5:]
+            self.stop()
+            raise GatewayStartError(f"gateway did not start: {exc}; log tail: {tail}") from None
+        return self
+
+    def wait_for_log(self, needle: str, timeout: float = 15.0) -> str:
+        """The first log line containing ``needle`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_text().splitlines():
+                if needle in line:
+                    return line
+            time.sleep(0.1)
+        raise AssertionError(f"no gateway log line containing {needle!r} within {timeout}s")
+
+    def chat(self, client: httpx.Client, content: str, *, model: str = MODEL, key: str | None = "master",
+             **body: object) -> httpx.Response:
+        headers = self.headers if key == "master" else ({"Authorization": f"Bearer {key}"} if key else {})
+        payload = {"model": model, "messages": [{"role": "user", "content": content}], **body}
+        return client.post(f"{self.url}/v1/chat/completions", json=payload, headers=headers)
+
+    def stop_proxy(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        code = _stop(self.proxy, sig, timeout)
+        return code
+
+    def stop(self) -> None:
+        self.stop_proxy()
+        self.stop_standin()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
