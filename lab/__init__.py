@@ -1,0 +1,48 @@
+"""The embedded two-host lab: `python -m lab up|down|status`, and small hooks for fault-injection tests.
+
+    import lab
+    lab.up()                                   # idempotent; returns a LabDescription
+    lab.exec("gateway", "systemctl stop standin-model")   # nsenter into the container, no SSH
+    lab.systemctl("db", "is-active", "postgresql@15-main")
+    lab.set_link("db", up=False)               # cut the db host off the lab network
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Sequence
+
+from lab import layout, machine, network
+from lab.errors import LabError
+from lab.lifecycle import LabDescription, describe, down, is_up, status, up
+
+__all__ = ["LabDescription", "LabError", "describe", "down", "exec", "is_up", "set_link", "status",
+           "systemctl", "up"]
+
+
+def _host(name: str) -> layout.Host:
+    try:
+        return layout.HOSTS[name]
+    except KeyError:
+        raise LabError(f"no lab host named {name!r} (hosts: {', '.join(layout.HOSTS)})") from None
+
+
+def exec(host: str, cmd: str | Sequence[str], *, input: str | None = None, timeout: float = 60,  # noqa: A001
+         check: bool = True, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a lab host as root (or ``user``); a string goes through ``sh -c``."""
+    argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    return machine.exec_(_host(host), argv, input=input, timeout=timeout, check=check, user=user)
+
+
+def systemctl(host: str, *args: str, check: bool = False, timeout: float = 60) -> str:
+    """``systemctl ARGS`` inside a host; returns its stdout stripped (e.g. the unit's state)."""
+    return machine.exec_(_host(host), ["systemctl", *args], check=check, timeout=timeout).stdout.strip()
+
+
+def set_link(host: str, up: bool) -> None:  # noqa: A002 (mirrors `ip link set up`)
+    """Cut or restore a host's link to the lab network (runner side of its veth)."""
+    network.set_link(_host(host), up)
+
+
+def quote(cmd: Sequence[str]) -> str:
+    return shlex.join(cmd)

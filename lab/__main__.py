@@ -1,0 +1,34 @@
+"""python -m lab up|down|status — the embedded two-host lab (see docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lab import lifecycle
+from lab.errors import LabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__,
+                                     epilog=f"{lifecycle.KEEP_FAILED_ENV}=1 leaves a failed `up` standing for "
+                                            "inspection.")
+    parser.add_argument("command", choices=("up", "down", "status"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            lifecycle.up()
+            return 0
+        if args.command == "down":
+            lifecycle.down()
+            return 0
+        return lifecycle.status()
+    except LabError as exc:
+        print(f"lab {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

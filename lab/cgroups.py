@@ -1,0 +1,52 @@
+"""One cgroup per container (lab-notes: on this hybrid-cgroup machine two containers started from one
+parent cgroup share init.scope and ssh.service and break each other)."""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from lab import layout
+
+
+def dirs(name: str) -> list[Path]:
+    return [root / name for root in layout.CGROUP_ROOTS if root.is_dir()]
+
+
+def enter_prefix(name: str) -> str:
+    """Shell text that moves the shell into cgroup ``name`` (every hierarchy) before it execs."""
+    steps = []
+    for d in dirs(name):
+        q = shlex.quote(str(d))
+        steps.append(f"mkdir -p {q} && echo $$ > {q}/cgroup.procs")
+    return " && ".join(steps) if steps else "true"
+
+
+def pids(name: str) -> set[int]:
+    """Every process still inside cgroup ``name`` (any depth, any hierarchy)."""
+    found: set[int] = set()
+    for d in dirs(name):
+        for procs in d.rglob("cgroup.procs"):
+            try:
+                found.update(int(p) for p in procs.read_text().split())
+            except OSError:
+                pass
+    return found
+
+
+def remove(name: str) -> list[str]:
+    """rmdir the cgroup trees depth first; returns what could not be removed."""
+    left: list[str] = []
+    for d in dirs(name):
+        if not d.exists():
+            continue
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                os.rmdir(sub)
+            except OSError:
+                pass
+        try:
+            os.rmdir(d)
+        except OSError as exc:
+            left.append(f"{d}: {exc.strerror}")
+    return left

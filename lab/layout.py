@@ -1,0 +1,103 @@
+"""Names, addresses and paths of the embedded lab: the contract of docs/ARCHITECTURE.md in one place.
+
+hosts.yml (group ``local``) repeats the addresses and paths for the acceptance suite; tests/test_lab.py
+checks that the two agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_DIR = Path(__file__).resolve().parent
+
+#: one Debian release for the runner's tools and both hosts (PostgreSQL 15, Python 3.11)
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+BRIDGE = "br-poc1"
+RUNNER_IP = "10.231.0.1"
+PREFIX_LEN = 24
+
+STATE_DIR = Path("/var/lib/poc1-lab")          # per lab, removed by `down`
+CACHE_DIR = Path("/var/cache/poc1-lab")        # rootfs cache, kept by `down`
+BASE_ROOTFS = CACHE_DIR / "base"
+BASE_STAMP = CACHE_DIR / "base.stamp"
+BUILD_TMP = CACHE_DIR / "base.tmp"
+DEB_CACHE = CACHE_DIR / "debs"
+WHEEL_CACHE = CACHE_DIR / "wheels"
+LOCK_FILE = CACHE_DIR / "lab.lock"
+
+SSH_DIR = STATE_DIR / "ssh"
+SSH_KEY = SSH_DIR / "id_ed25519"
+KNOWN_HOSTS = SSH_DIR / "known_hosts"
+SECRETS_FILE = STATE_DIR / "secrets.env"
+DESCRIPTION_FILE = STATE_DIR / "lab.json"
+MACHINES_DIR = STATE_DIR / "machines"
+LOG_DIR = STATE_DIR / "log"
+
+#: names of the environment variables that carry the lab's secrets (values only in SECRETS_FILE)
+MASTER_KEY_ENV = "POC1_LAB_MASTER_KEY"
+DB_PASSWORD_ENV = "POC1_LAB_DB_PASSWORD"
+DB_READER_PASSWORD_ENV = "POC1_LAB_DB_READER_PASSWORD"
+
+DB_NAME = "litellm_db"
+DB_USER = "litellm_user"
+DB_READER = "poc1_reader"
+DB_PORT = 5432
+PG_VERSION = "15"
+PG_UNIT = f"postgresql@{PG_VERSION}-main"
+
+GATEWAY_PORT = 4000
+GATEWAY_UNIT = "litellm-gateway"
+STANDIN_UNIT = "standin-model"
+STANDIN_PORT = 8011
+MODEL = "gpt-4o-mini"
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One lab host: its inventory name, machine name, address and the units that make its role."""
+
+    name: str
+    ip: str
+    units: tuple[str, ...]
+
+    @property
+    def machine(self) -> str:
+        return f"poc1-{self.name}"
+
+    @property
+    def veth(self) -> str:
+        """The host side of the container's veth, as systemd-nspawn names it (vb-MACHINE, ≤15 chars)."""
+        return f"vb-{self.machine}"[:15]
+
+    @property
+    def cgroup(self) -> str:
+        return f"poc1-lab-{self.name}"
+
+    @property
+    def machine_dir(self) -> Path:
+        return MACHINES_DIR / self.name
+
+    @property
+    def root(self) -> Path:
+        return self.machine_dir / "root"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.machine_dir / "nspawn.pid"
+
+    @property
+    def console_log(self) -> Path:
+        return LOG_DIR / f"{self.name}.console.log"
+
+
+GATEWAY = Host("gateway", "10.231.0.18", (STANDIN_UNIT, GATEWAY_UNIT))
+DB = Host("db", "10.231.0.19", (PG_UNIT,))
+HOSTS: dict[str, Host] = {h.name: h for h in (DB, GATEWAY)}
+GATEWAY_URL = f"http://{GATEWAY.ip}:{GATEWAY_PORT}"
+BUILD_CGROUP = "poc1-lab-build"

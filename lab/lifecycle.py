@@ -1,0 +1,235 @@
+"""`up`, `down` and `status` of the embedded lab, each idempotent and safe after a killed run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+from lab import cgroups, credentials, layout, lock, machine, mounts, network, prereqs, probe, provision, rootfs
+from lab.errors import LabError
+from lab.layout import DB, GATEWAY
+
+GATEWAY_READY_TIMEOUT_S = 180
+KEEP_FAILED_ENV = "POC1_LAB_KEEP_FAILED"  # =1: leave a failed lab up for inspection
+
+
+@dataclass(frozen=True)
+class LabDescription:
+    """What the suite needs to reach the lab. Secrets only by the names of their variables."""
+
+    gateway_ip: str
+    db_ip: str
+    runner_ip: str
+    gateway_url: str
+    ssh_user: str
+    ssh_key: str
+    known_hosts: str
+    secrets_file: str
+    master_key_env: str
+    db_password_env: str
+    db_reader_password_env: str
+    db_name: str
+    db_user: str
+    db_reader_user: str
+    db_port: int
+    gateway_unit: str
+    standin_unit: str
+    pg_unit: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def describe() -> LabDescription:
+    return LabDescription(
+        gateway_ip=GATEWAY.ip, db_ip=DB.ip, runner_ip=layout.RUNNER_IP, gateway_url=layout.GATEWAY_URL,
+        ssh_user="root", ssh_key=str(layout.SSH_KEY), known_hosts=str(layout.KNOWN_HOSTS),
+        secrets_file=str(layout.SECRETS_FILE), master_key_env=layout.MASTER_KEY_ENV,
+        db_password_env=layout.DB_PASSWORD_ENV, db_reader_password_env=layout.DB_READER_PASSWORD_ENV,
+        db_name=layout.DB_NAME, db_user=layout.DB_USER, db_reader_user=layout.DB_READER,
+        db_port=layout.DB_PORT, gateway_unit=layout.GATEWAY_UNIT, standin_unit=layout.STANDIN_UNIT,
+        pg_unit=layout.PG_UNIT)
+
+
+def _say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- down
+
+
+def teardown() -> None:
+    """Remove every trace of a lab (complete, half-built or left by a killed run); keeps the cache."""
+    left: list[str] = []
+    for host in layout.HOSTS.values():
+        left += [f"{host.name}: process {p}" for p in machine.stop(host)]
+    left += [f"link {n}" for n in network.remove()]
+    for host in layout.HOSTS.values():
+        left += [f"mount {m}" for m in machine.remove_root(host)]
+        left += [f"cgroup {c}" for c in cgroups.remove(host.cgroup)]
+    left += [f"cgroup {c}" for c in cgroups.remove(layout.BUILD_CGROUP)]
+    left += [f"mount {m}" for m in mounts.unmount_all(layout.STATE_DIR)]
+    if not left and layout.STATE_DIR.exists():
+        shutil.rmtree(layout.STATE_DIR)
+    if left:
+        raise LabError(f"teardown left {len(left)} thing(s) behind: {'; '.join(left[:4])}")
+
+
+def down() -> None:
+    prereqs.require_root()
+    with lock.held():
+        teardown()
+    _say("down (no container, link, mount or state left; cache kept in "
+         f"{layout.CACHE_DIR})")
+
+
+# ----------------------------------------------------------------------------------------------- up
+
+
+def _mirror() -> str:
+    mirror = prereqs.debian_mirror()
+    prereqs.require_mirror(mirror)
+    return mirror
+
+
+def _wait_gateway(values: dict[str, str], timeout: float = GATEWAY_READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    reason = "not tried"
+    while time.monotonic() < deadline:
+        code, reason = probe.chat_completion(values[layout.MASTER_KEY_ENV])
+        if code == 200:
+            return
+        time.sleep(0.5)
+    journal = machine.exec_(GATEWAY, ["journalctl", "-u", layout.GATEWAY_UNIT, "-n", "1", "-o", "cat",
+                                      "--no-pager"], check=False).stdout.strip()
+    raise LabError(credentials.scrub(
+        f"gateway: no 200 from {layout.GATEWAY_URL}/v1/chat/completions within {timeout:.0f} s "
+        f"(last: {reason}; journal: {journal or 'empty'})", values))
+
+
+def _build_hosts(values: dict[str, str]) -> None:
+    authorized = provision.client_key()
+    known = []
+    for host in (DB, GATEWAY):
+        machine.make_root(host)
+        provision.common(host, authorized)
+        known.append(provision.host_key(host))
+    layout.KNOWN_HOSTS.write_text("".join(known))
+    provision.db_host()
+    provision.gateway_host(values)
+
+
+def _start(values: dict[str, str]) -> None:
+    machine.start(DB)
+    machine.wait_booted(DB)
+    provision.wait_postgres()
+    provision.roles_and_database(values)
+    machine.start(GATEWAY)
+    machine.wait_booted(GATEWAY)
+    provision.create_schema()
+    provision.grant_reader()
+    _wait_gateway(values)
+
+
+def is_up() -> bool:
+    """Both containers running and the gateway answering 200 with this lab's master key."""
+    if not layout.SECRETS_FILE.is_file() or any(machine.init_pid(h) is None for h in layout.HOSTS.values()):
+        return False
+    return probe.chat_completion(credentials.load()[layout.MASTER_KEY_ENV], timeout=10)[0] == 200
+
+
+def _sync_code(values: dict[str, str]) -> list[str]:
+    """A running lab picks up the repo's current code: changed files are copied, their units restarted."""
+    changed = provision.place(GATEWAY, provision.gateway_code())
+    if not changed:
+        return []
+    machine.exec_(GATEWAY, ["systemctl", "daemon-reload"])
+    restart = [layout.GATEWAY_UNIT]
+    if any("standin" in path for path in changed):
+        restart.insert(0, layout.STANDIN_UNIT)
+    machine.exec_(GATEWAY, ["systemctl", "restart", *restart], timeout=60)
+    _wait_gateway(values)
+    return changed
+
+
+def up() -> LabDescription:
+    prereqs.require_root()
+    prereqs.install_missing_tools()
+    with lock.held():
+        t0 = time.monotonic()
+        if is_up():
+            changed = _sync_code(credentials.load())
+            _say(f"already up{'; redeployed ' + ', '.join(changed) if changed else ''}")
+            _print_addresses()
+            return describe()
+        teardown()  # whatever a killed or failed run left
+        prereqs.require_disk(cold=not rootfs.is_current())
+        built = rootfs.ensure(_mirror)
+        if built is not None:
+            _say(f"base rootfs built in {built:.0f} s")
+        t_lab = time.monotonic()
+        try:
+            values = credentials.generate()
+            network.create_bridge()
+            _build_hosts(values)
+            _start(values)
+            (layout.DESCRIPTION_FILE).write_text(json.dumps(describe().as_dict(), indent=2) + "\n")
+        except BaseException:
+            if os.environ.get(KEEP_FAILED_ENV) != "1":
+                try:
+                    teardown()
+                except LabError as exc:
+                    _say(f"(cleanup after the failure: {exc})")
+            raise
+        _say(f"up in {time.monotonic() - t0:.1f} s (lab {time.monotonic() - t_lab:.1f} s)")
+        _print_addresses()
+        return describe()
+
+
+def _print_addresses() -> None:
+    _say(f"gateway {GATEWAY.ip} ({layout.GATEWAY_URL}, ssh root@{GATEWAY.ip})")
+    _say(f"db      {DB.ip} (PostgreSQL :{layout.DB_PORT}/{layout.DB_NAME}, ssh root@{DB.ip})")
+    _say(f"secrets {layout.SECRETS_FILE} ({layout.MASTER_KEY_ENV}, {layout.DB_PASSWORD_ENV}, "
+         f"{layout.DB_READER_PASSWORD_ENV}); known_hosts {layout.KNOWN_HOSTS}")
+
+
+# ----------------------------------------------------------------------------------------------- status
+
+
+def _unit_state(host: layout.Host, unit: str) -> str:
+    proc = machine.exec_(host, ["systemctl", "is-active", unit], check=False, timeout=10)
+    return proc.stdout.strip() or "unknown"
+
+
+def host_status(host: layout.Host) -> tuple[bool, str]:
+    """(all well, one line) for one host: booted, sshd, its units, PostgreSQL."""
+    if machine.nspawn_pid(host) is None:
+        return False, f"{host.name:8}{host.ip:13} not running"
+    if machine.init_pid(host) is None:
+        return False, f"{host.name:8}{host.ip:13} container starting (no init yet)"
+    system = machine.exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10).stdout.strip()
+    parts = {"booted": system or "unknown", "sshd": _unit_state(host, "ssh")}
+    if not probe.tcp_open(host.ip, 22):
+        parts["sshd"] += "(port 22 closed)"
+    for unit in host.units:
+        parts[unit] = _unit_state(host, unit)
+    if host is DB:
+        ready = machine.exec_(DB, ["pg_isready", "-h", DB.ip], check=False, timeout=10)
+        parts["postgresql"] = "accepting" if ready.returncode == 0 else (ready.stdout.strip() or "down")
+    ok = parts["booted"] in ("running", "degraded") and all(
+        v in ("active", "accepting") for k, v in parts.items() if k != "booted")
+    return ok, f"{host.name:8}{host.ip:13} " + " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def status() -> int:
+    """Print one line per host; exit code 0 all well, 1 degraded, 3 down."""
+    prereqs.require_root()
+    if not any(machine.nspawn_pid(h) for h in layout.HOSTS.values()) and not network.link_exists(layout.BRIDGE):
+        _say("down")
+        return 3
+    results = [host_status(h) for h in (GATEWAY, DB)]
+    for _, line in results:
+        print(line, flush=True)
+    return 0 if all(ok for ok, _ in results) else 1

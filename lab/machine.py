@@ -1,0 +1,200 @@
+"""One lab host as a booted systemd-nspawn container: its overlay root, its process, commands inside it.
+
+The container is managed by the PID of the systemd-nspawn we started (machinectl does not work without
+systemd as the runner's PID 1); commands run in it through nsenter, not SSH, so fault-injection tests
+can stop a unit or sshd itself and still get back in.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lab import cgroups, layout, mounts
+from lab.errors import LabError
+from lab.layout import Host
+from lab.shell import clean_env, last_line, run
+
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# ------------------------------------------------------------------------------------------ root
+
+
+def make_root(host: Host) -> None:
+    """The host's root: an overlay on the cached base (instant), else a full copy (cp -a)."""
+    for d in ("upper", "work", "root"):
+        (host.machine_dir / d).mkdir(parents=True, exist_ok=True)
+    opts = (f"lowerdir={layout.BASE_ROOTFS},upperdir={host.machine_dir / 'upper'},"
+            f"workdir={host.machine_dir / 'work'}")
+    mounted = subprocess.run(["mount", "-t", "overlay", f"poc1-{host.name}", "-o", opts, str(host.root)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        run(["cp", "-a", f"{layout.BASE_ROOTFS}/.", host.root], what=f"{host.name}: copying the base rootfs",
+            timeout=300)
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state == "Z":  # our own child that exited: reap it
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def nspawn_pid(host: Host) -> int | None:
+    try:
+        pid = int(host.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def stray_nspawn_pids(host: Host) -> list[int]:
+    """systemd-nspawn processes for this machine name that we have no PID file for (a killed run)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"systemd-nspawn") and f"--machine={host.machine}".encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def init_pid(host: Host) -> int | None:
+    """The container's systemd (PID 1 in its PID namespace), a descendant of our systemd-nspawn."""
+    top = nspawn_pid(host)
+    if top is None:
+        return None
+    todo = _children(top)
+    while todo:
+        pid = todo.pop(0)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return pid
+        todo.extend(_children(pid))
+    return None
+
+
+def start(host: Host) -> int:
+    """Boot the container in its own cgroup, on the lab bridge; returns the systemd-nspawn PID."""
+    layout.LOG_DIR.mkdir(parents=True, exist_ok=True)
+    nspawn = ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", "--link-journal=no",
+              "--console=read-only", "--resolv-conf=off", "--timezone=off",
+              f"--machine={host.machine}", f"--hostname={host.name}", f"--network-bridge={layout.BRIDGE}",
+              "-D", str(host.root)]
+    with open(host.console_log, "ab") as log:
+        proc = subprocess.Popen(
+            ["sh", "-c", f'{cgroups.enter_prefix(host.cgroup)} && exec "$@"', "sh", *nspawn],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=clean_env())
+    host.pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def wait_booted(host: Host, timeout: float = 60) -> str:
+    """Wait until the container's systemd has finished start-up; returns its state (running/degraded)."""
+    deadline = time.monotonic() + timeout
+    state = "no init"
+    while time.monotonic() < deadline:
+        if nspawn_pid(host) is None:
+            raise LabError(f"{host.name}: systemd-nspawn exited during boot: "
+                           f"{last_line(host.console_log.read_text(errors='replace')[-3000:])}")
+        if init_pid(host) is not None:
+            proc = exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10)
+            state = proc.stdout.strip() or last_line(proc.stderr)
+            if state in ("running", "degraded"):
+                return state
+        time.sleep(0.2)
+    raise LabError(f"{host.name}: not booted within {timeout:.0f} s (system state: {state})")
+
+
+def stop(host: Host, timeout: float = 20) -> list[str]:
+    """Halt the container (SIGTERM to systemd-nspawn halts its systemd), kill what is left.
+
+    Returns the PIDs that would not die (empty when clean)."""
+    pids = [p for p in [nspawn_pid(host), *stray_nspawn_pids(host)] if p is not None]
+    for pid in set(pids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (any(_alive(p) for p in pids) or cgroups.pids(host.cgroup)):
+        time.sleep(0.1)
+    left = {p for p in pids if _alive(p)} | cgroups.pids(host.cgroup)
+    for pid in left:  # nspawn ignored SIGTERM or died and left its container running: end them by id
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and ({p for p in left if _alive(p)} | cgroups.pids(host.cgroup)):
+        time.sleep(0.1)
+    return [str(p) for p in ({p for p in left if _alive(p)} | cgroups.pids(host.cgroup))]
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def exec_(host: Host, cmd: Sequence[str], *, input: str | None = None, timeout: float = 60,
+          check: bool = True, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` inside the container (all its namespaces, clean environment) and return the result.
+
+    ``check`` raises LabError with the command's last output line when it exits non-zero."""
+    pid = init_pid(host)
+    if pid is None:
+        raise LabError(f"{host.name}: the container is not running")
+    prefix = ["nsenter", "-t", str(pid), "-a", "--", "/usr/bin/env", "-i", f"PATH={CONTAINER_PATH}",
+              "LANG=C.UTF-8"]
+    if user:
+        prefix += ["runuser", "-u", user, "--"]
+    try:
+        proc = subprocess.run([*prefix, *cmd], input=input, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL if input is None else None)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{host.name}: `{' '.join(cmd)}` gave no result within {timeout:.0f} s") from None
+    if check and proc.returncode != 0:
+        raise LabError(f"{host.name}: `{' '.join(cmd)}` failed: "
+                       f"{last_line(proc.stderr) or last_line(proc.stdout) or proc.returncode}")
+    return proc
+
+
+def remove_root(host: Host) -> list[str]:
+    """Unmount and delete the host's directory; returns mounts that would not go."""
+    left = mounts.unmount_all(host.machine_dir)
+    if not left and host.machine_dir.exists():
+        run(["rm", "-rf", "--one-file-system", host.machine_dir], what=f"{host.name}: removing its rootfs")
+    propagate = layout.NSPAWN_PROPAGATE / host.machine
+    if propagate.is_dir():
+        run(["rm", "-rf", "--one-file-system", propagate], what=f"{host.name}: removing nspawn's propagate dir")
+    return left
