@@ -83,14 +83,25 @@ Request, Response = db_init.Request, db_init.Response
 # journal lines
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (the journal under systemd, a capture in tests)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _make_log() -> logging.Logger:
     log = logging.getLogger("gateway_logger")
     log.setLevel(logging.INFO)
     log.propagate = False  # LiteLLM's own handlers/levels must neither swallow nor duplicate these lines
-    if not any(getattr(h, "_gateway_logger", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._gateway_logger = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     return log
 
@@ -349,7 +360,8 @@ def _api_key_marker(captured: Mapping[str, Any], status: int) -> str:
     key_hash = ((captured.get("slo") or {}).get("metadata") or {}).get("user_api_key_hash")
     if not key_hash:
         return NO_KEY
-    exc_type = str(getattr(captured.get("exception"), "type", "") or "")
+    exc_type = getattr(captured.get("exception"), "type", "") or ""
+    exc_type = str(getattr(exc_type, "value", exc_type))  # ProxyErrorTypes is an enum
     if status in (401, 403) or exc_type in ("auth_error", "no_db_connection"):
         return INVALID_KEY
     return str(key_hash)
@@ -377,7 +389,7 @@ def _content(captured: Mapping[str, Any]) -> Any:
         "message": slo.get("error_str") or info.get("error_message") or (str(exc) if exc else None),
         "class": info.get("error_class") or (type(exc).__name__ if exc else None),
         "code": info.get("error_code") or None,
-        "type": getattr(exc, "type", None),
+        "type": getattr(getattr(exc, "type", None), "value", getattr(exc, "type", None)),
         "llm_provider": info.get("llm_provider") or None,
     }})
 

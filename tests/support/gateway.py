@@ -166,3 +166,65 @@ class Gateway:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# reading back what the gateway logged, and callback input of LiteLLM's shape for writer-level tests
+
+
+def logged_rows(db_url: str, request_ids: list[str]) -> dict[str, dict]:
+    """request_id -> {request columns..., "responses": [response rows]} for the given ids."""
+    from sqlalchemy import select
+
+    import db_init
+
+    engine = db_init.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            found: dict[str, dict] = {}
+            for chunk in (request_ids[i:i + 1000] for i in range(0, len(request_ids), 1000)):
+                query = select(db_init.Request.__table__).where(db_init.Request.request_id.in_(chunk))
+                for req in conn.execute(query).mappings():
+                    found[req["request_id"]] = dict(req, responses=[])
+            if found:
+                by_pk = {v["id"]: v for v in found.values()}
+                query = select(db_init.Response.__table__).where(db_init.Response.request_id_fk.in_(list(by_pk)))
+                for resp in conn.execute(query).mappings():
+                    by_pk[resp["request_id_fk"]]["responses"].append(dict(resp))
+            return found
+    finally:
+        engine.dispose()
+
+
+def wait_for_rows(db_url: str, request_ids: list[str], timeout: float) -> dict[str, dict]:
+    """Poll until every id has its request row and one response row (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = logged_rows(db_url, request_ids)
+        complete = all(len(rows.get(i, {}).get("responses", [])) == 1 for i in request_ids)
+        if complete or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def litellm_call(call_id: str, content: str = "hello", *, failed: bool = False, status: int | None = None,
+                 key_hash: str | None = "litellm_proxy_master_key") -> dict:
+    """The callback kwargs LiteLLM passes (the fields the logger reads), as seen live in lab-notes.md."""
+    now = time.time()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
+            "metadata": {"headers": {"host": "127.0.0.1"}, "user_api_key_hash": key_hash},
+            "litellm_call_id": call_id}
+    slo = {
+        "litellm_call_id": call_id, "model_group": MODEL, "model": f"openai/{MODEL}", "end_user": None,
+        "startTime": now - 0.02, "endTime": now, "messages": body["messages"],
+        "metadata": {"user_api_key_request_route": "/v1/chat/completions", "user_api_key_hash": key_hash,
+                     "user_api_key_user_id": "default_user_id"},
+        "prompt_tokens": 0 if failed else 2, "completion_tokens": 0 if failed else 9,
+        "total_tokens": 0 if failed else 11, "response_cost": 0.0 if failed else 5.7e-06,
+        "response": {} if failed else {"model": MODEL, "choices": [{"message": {"content": "hi " + content}}]},
+        "error_str": "upstream failed" if failed else None,
+        "error_information": {"error_code": str(status or ""), "error_class": "X" if failed else ""},
+    }
+    return {"standard_logging_object": slo, "litellm_call_id": call_id, "model": MODEL,
+            "litellm_params": {"proxy_server_request": {"body": body}, "api_key": "sk-upstream-never-log"},
+            "exception": RuntimeError("upstream failed") if failed else None}

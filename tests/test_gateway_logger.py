@@ -1,0 +1,242 @@
+"""gateway_logger.py through a real ``litellm --config config.yaml`` proxy into a real PostgreSQL.
+
+Every answer the gateway gives (200, no-key 401, unknown-model 400, upstream-down 5xx) must become one
+``requests`` row with one linked ``responses`` row; the raw key never lands anywhere; the journal line
+at start names the database with the password masked. Plus writer-level checks of the sanitizing.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import String, cast, func, or_, select
+
+import db_init
+import gateway_logger
+from tests.support.gateway import Gateway, litellm_call, logged_rows, wait_for_rows
+from tests.support.pgserver import PgServer
+
+
+@pytest.fixture(scope="module")
+def log_db(pg: PgServer) -> str:
+    url = pg.create_database(f"gwlog_{uuid.uuid4().hex[:8]}")
+    db_init.create(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def gateway(log_db: str) -> Iterator[Gateway]:
+    gw = Gateway(log_db).start()
+    try:
+        yield gw
+    finally:
+        gw.cleanup()
+
+
+@pytest.fixture()
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as c:
+        yield c
+
+
+def _marker() -> str:
+    return f"marker-{uuid.uuid4().hex}"
+
+
+def _rows_with_marker(db_url: str, marker: str, timeout: float = 5.0) -> list[dict]:
+    """Rows whose payload mentions ``marker`` (for answers that carry no x-litellm-call-id)."""
+    engine = db_init.make_engine(db_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                ids = conn.execute(select(db_init.Request.request_id).where(
+                    cast(db_init.Request.payload, String).contains(marker))).scalars().all()
+            if ids or time.monotonic() > deadline:
+                return list(wait_for_rows(db_url, list(ids), timeout).values())
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+def test_success_is_logged_within_2s_under_the_call_id(gateway: Gateway, log_db: str,
+                                                       client: httpx.Client) -> None:
+    marker = _marker()
+    answer = gateway.chat(client, f"hello {marker}", user="alice")
+    assert answer.status_code == 200, answer.text
+    call_id = answer.headers["x-litellm-call-id"]
+    answered = time.monotonic()
+    rows = wait_for_rows(log_db, [call_id], timeout=2.0)
+    assert time.monotonic() - answered <= 2.5  # wait_for_rows polls every 0.2 s
+    assert call_id in rows, "no requests row with the response's x-litellm-call-id within 2 s"
+    req = rows[call_id]
+    assert len(req["responses"]) == 1
+    resp = req["responses"][0]
+    assert req["status_code"] == 200
+    assert req["route"] == "/v1/chat/completions"
+    assert req["model"] == "gpt-4o-mini"
+    assert req["user_id"] == "alice"
+    assert req["api_key"] == "litellm_proxy_master_key"  # LiteLLM's hash marker for the master key
+    assert req["payload"]["messages"][0]["content"] == f"hello {marker}"
+    assert "metadata" not in req["payload"] and "litellm_call_id" not in req["payload"]
+    assert req["start_time"].tzinfo is not None and req["start_time"] <= req["end_time"]
+    usage = answer.json()["usage"]
+    assert (resp["prompt_tokens"], resp["completion_tokens"], resp["total_tokens"]) == (
+        usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+    assert resp["total_tokens"] > 0
+    assert float(resp["cost"]) > 0
+    assert resp["response_model"] == "gpt-4o-mini"
+    assert resp["content"]["choices"][0]["message"]["content"] == answer.json()["choices"][0]["message"]["content"]
+    assert 0 <= resp["latency_ms"] < 10_000
+
+
+def test_no_key_401_is_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    marker = _marker()
+    answer = gateway.chat(client, marker, key=None)
+    assert answer.status_code == 401
+    rows = _rows_with_marker(log_db, marker)
+    assert len(rows) == 1, "the 401 was not logged exactly once"
+    assert rows[0]["status_code"] == 401
+    assert rows[0]["api_key"] == gateway_logger.NO_KEY
+    assert len(rows[0]["responses"]) == 1
+    assert "No api key" in rows[0]["responses"][0]["content"]["error"]["message"]
+
+
+def test_unknown_model_400_is_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    answer = gateway.chat(client, _marker(), model="no-such-model")
+    assert answer.status_code == 400
+    call_id = answer.headers["x-litellm-call-id"]
+    rows = wait_for_rows(log_db, [call_id], timeout=5.0)
+    assert rows[call_id]["status_code"] == 400
+    assert rows[call_id]["model"] == "no-such-model"
+    assert rows[call_id]["responses"][0]["content"]["error"]["code"] == "400"
+
+
+def test_random_key_is_marked_not_hashed(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    marker = _marker()
+    answer = gateway.chat(client, marker, key="sk-" + uuid.uuid4().hex)
+    assert answer.status_code in (400, 401)
+    rows = _rows_with_marker(log_db, marker)
+    assert [r["status_code"] for r in rows] == [answer.status_code]
+    assert rows[0]["api_key"] == gateway_logger.INVALID_KEY
+
+
+def test_nul_character_request_is_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    marker = _marker()
+    answer = gateway.chat(client, f"before\u0000after {marker}")
+    assert answer.status_code == 200
+    call_id = answer.headers["x-litellm-call-id"]
+    rows = wait_for_rows(log_db, [call_id], timeout=5.0)
+    assert call_id in rows, "a request with \\u0000 was not logged"
+    assert rows[call_id]["payload"]["messages"][0]["content"] == f"before\ufffdafter {marker}"
+
+
+def test_no_log_request_is_not_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    answer = gateway.chat(client, _marker(), **{"no-log": True})
+    assert answer.status_code == 200
+    call_id = answer.headers["x-litellm-call-id"]
+    time.sleep(1.0)
+    assert call_id not in logged_rows(log_db, [call_id])
+
+
+def test_no_secret_lands_in_the_database_or_the_journal(gateway: Gateway, log_db: str, pg: PgServer,
+                                                        client: httpx.Client) -> None:
+    answer = gateway.chat(client, _marker(), api_key="sk-client-body-secret-123")
+    assert answer.status_code in (200, 400, 401)
+    time.sleep(1.0)
+    secrets = [gateway.master_key, gateway.upstream_key, pg.password, "sk-client-body-secret-123"]
+    engine = db_init.make_engine(log_db)
+    try:
+        with engine.connect() as conn:
+            n_rows = conn.execute(select(func.count()).select_from(db_init.Request)).scalar_one()
+            assert n_rows > 0
+            for secret in secrets:
+                hits = conn.execute(select(func.count()).select_from(db_init.Request).join(db_init.Response).where(or_(
+                    cast(db_init.Request.payload, String).contains(secret),
+                    cast(db_init.Response.content, String).contains(secret),
+                    db_init.Request.api_key.contains(secret)))).scalar_one()
+                assert hits == 0, "a secret was written to the log database"
+    finally:
+        engine.dispose()
+    journal = gateway.log_text()
+    for secret in secrets[:3]:
+        assert secret not in journal
+
+
+def test_start_line_names_the_database_with_password_masked(gateway: Gateway, log_db: str, pg: PgServer) -> None:
+    line = gateway.wait_for_log("gateway_logger: database connection established:")
+    assert db_init.mask_url(log_db) in line
+    assert f"server=PostgreSQL {pg.psql('SHOW server_version').split()[0]}" in line
+    assert f"db={log_db.rsplit('/', 1)[1]}" in line and "user=postgres" in line and "host=127.0.0.1" in line
+    assert pg.password not in gateway.log_text()
+
+
+def test_metrics_are_served_on_loopback(gateway: Gateway, client: httpx.Client) -> None:
+    text = client.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("gateway_logger_") and " " in line}
+    assert values["gateway_logger_rows_written_total"] >= 1
+    assert values["gateway_logger_connected"] == 1
+    assert values["gateway_logger_rows_dropped_total"] == 0
+    assert "gateway_logger_queue_depth" in values and "gateway_logger_pool_connects_total" in values
+
+
+def test_upstream_down_5xx_is_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    gateway.stop_standin()
+    try:
+        answer = gateway.chat(client, _marker())
+    finally:
+        gateway.start_standin()
+    assert 500 <= answer.status_code <= 599, answer.text
+    call_id = answer.headers["x-litellm-call-id"]
+    rows = wait_for_rows(log_db, [call_id], timeout=5.0)
+    assert rows[call_id]["status_code"] == answer.status_code
+    assert rows[call_id]["responses"][0]["content"]["error"]["message"]
+
+
+# --------------------------------------------------------------------------------------------------
+# writer level: what is stored for awkward input
+
+
+def test_sanitizing_keeps_structure_and_removes_what_postgres_rejects() -> None:
+    doc = gateway_logger.jsonable({"a\x00": ["x\x00y", float("nan"), {"api_key": "sk-1", "ok": "\ud800z"}],
+                                   "Authorization": "Bearer sk-2", "max_tokens": 5})
+    assert doc == {"a\ufffd": ["x\ufffdy", "nan", {"api_key": "***", "ok": "?z"}],
+                   "Authorization": "***", "max_tokens": 5}
+    json.dumps(doc).encode("utf-8")  # storable as JSONB text
+
+
+def test_normalized_record_carries_no_upstream_key_and_fits_the_columns() -> None:
+    call = litellm_call("c" * 300, "x\x00")
+    call["standard_logging_object"]["model_group"] = "m" * 1000
+    record = gateway_logger.normalize(gateway_logger.capture(call, failed=False))
+    assert "sk-upstream-never-log" not in json.dumps(record)
+    assert len(record["request"]["request_id"]) == db_init.Request.__table__.c.request_id.type.length
+    assert len(record["request"]["model"]) == db_init.Request.__table__.c.model.type.length
+    assert record["request"]["payload"]["messages"][0]["content"] == "x\ufffd"
+
+
+@pytest.mark.parametrize(("exc", "error_code", "key_hash", "expected"), [
+    (None, "", "h", 200),
+    (type("E", (Exception,), {"status_code": 429})(), "", "h", 429),
+    (type("E", (Exception,), {"code": "400"})(), "", "h", 400),
+    (Exception("No api key passed in."), "", None, 401),
+    (Exception("boom"), "503", "h", 503),
+    (Exception("boom"), "", "h", 500),
+])
+def test_status_code_follows_litellm(exc, error_code, key_hash, expected) -> None:
+    captured = {"failed": exc is not None, "exception": exc,
+                "slo": {"error_information": {"error_code": error_code}, "metadata": {"user_api_key_hash": key_hash}}}
+    assert gateway_logger.status_of(captured) == expected
+
+
+def test_malformed_setting_keeps_default_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = gateway_logger.Settings.from_env({"POC1_LOGGER_QUEUE_MAX": "lots", "POC1_LOGGER_BATCH_MAX": "7",
+                                                 "POC1_LOGGER_METRICS_PORT": ""})
+    assert settings.queue_max == gateway_logger.Settings().queue_max and settings.batch_max == 7
+    assert settings.metrics_port is None
+    assert "POC1_LOGGER_QUEUE_MAX='lots' is not a valid number" in capsys.readouterr().err
