@@ -135,8 +135,8 @@ def render_table(result: SqlResult) -> str:
         for i, c in enumerate(row):
             widths[i] = max(widths[i], len(c))
     lines = [f"-- {result.title}"]
-    lines += [f"-- {ln}" for ln in result.sql.strip().splitlines()]
-    lines.append(" " + " | ".join(c.ljust(w) for c, w in zip(result.columns, widths)))
+    lines += [f"-- {ln.rstrip()}" for ln in result.sql.strip().splitlines()]
+    lines.append((" " + " | ".join(c.ljust(w) for c, w in zip(result.columns, widths))).rstrip())
     lines.append("-" + "-+-".join("-" * w for w in widths) + "-")
     for row in cells:
         lines.append(" " + " | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
