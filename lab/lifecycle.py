@@ -70,6 +70,7 @@ def teardown() -> None:
         left += [f"mount {m}" for m in machine.remove_root(host)]
         left += [f"cgroup {c}" for c in cgroups.remove(host.cgroup)]
     left += [f"cgroup {c}" for c in cgroups.remove(layout.BUILD_CGROUP)]
+    rootfs.discard_partial_build()  # a build killed half-way (its mounts, its tree); we hold the lock
     left += [f"mount {m}" for m in mounts.unmount_all(layout.STATE_DIR)]
     if not left and layout.STATE_DIR.exists():
         shutil.rmtree(layout.STATE_DIR)

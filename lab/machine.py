@@ -149,8 +149,9 @@ def stop(host: Host, timeout: float = 20) -> list[str]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (any(_alive(p) for p in pids) or cgroups.pids(host.cgroup)):
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
+    # what is left: an nspawn that ignored SIGTERM, or a container orphaned by a killed nspawn
     left = {p for p in pids if _alive(p)} | cgroups.pids(host.cgroup)
     for pid in left:  # nspawn ignored SIGTERM or died and left its container running: end them by id
         try:
