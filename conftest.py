@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 ROOT = Path(__file__).resolve().parent
+pytest_plugins = ("acceptance.overhead_options", "evidence_writers.report")  # check 6 options; report.html
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,0 +1,133 @@
+"""Check 6: the DB-logging overhead, measured on the live gateway by a stated method.
+
+The seed signed off "<5 ms DB logging overhead" with no method. Here, in one run: logged and unlogged
+(``"no-log": true``) requests interleaved on the same gateway (the added p95 is the pass condition),
+the time until each logged request's row exists (durability lag: catches a slow writer that the client
+never waits for), the throughput with all requests logged versus none, and LiteLLM's own timing
+headers. The method is written into the artifact (acceptance/overhead_probe.py: METHOD).
+
+Artifacts: overhead_benchmark.json (method, limits, figures, verdict, every sample) and
+overhead_histogram.png (both latency distributions and the lag). pytest-benchmark times the logged
+requests, so ``--benchmark-json`` / ``--benchmark-autosave`` / ``--benchmark-compare`` work on them, and
+its extra_info carries the A/B figures.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from acceptance import overhead_options
+from acceptance import overhead_probe as probe
+from acceptance import overhead_stats as stats
+from evidence_writers.bundle import ArtifactRecord
+from evidence_writers.writers import utc_now
+from fixtures.context import CheckEvidence, RunContext
+from fixtures.database import ReaderDb
+from fixtures.errors import CheckFailure, failing_as, one_line
+from fixtures.inventory import Target
+
+pytestmark = [pytest.mark.check("overhead"), pytest.mark.benchmark(group="poc1-overhead")]
+
+ARTIFACT_JSON = "overhead_benchmark.json"
+ARTIFACT_PNG = "overhead_histogram.png"
+#: one chat call through the stand-in takes ~20 ms; 5 s means the gateway is stuck, not slow
+REQUEST_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+
+
+def _write_png(run: RunContext, path: Path, outcome: str) -> None:
+    """Put the picture into the bundle and its manifest record.
+
+    The bundle's writers are text writers (they redact); a PNG has no text to redact, so it is recorded
+    directly with the same facts (hash, size, time) as every other artifact.
+    """
+    data = path.read_bytes()
+    target = run.bundle.directory / ARTIFACT_PNG
+    fd, tmp = tempfile.mkstemp(prefix=f".{ARTIFACT_PNG}.", dir=target.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    run.bundle.records[ARTIFACT_PNG] = ArtifactRecord(
+        path=ARTIFACT_PNG, sha256=hashlib.sha256(data).hexdigest(), size=len(data), check="overhead",
+        outcome=outcome, time=utc_now())
+
+
+def _benchmark_extra(document: dict[str, Any]) -> dict[str, Any]:
+    """The figures pytest-benchmark's JSON carries beside its own timing of the logged requests."""
+    keep = ("run_id", "target", "limits", "added_ms", "latency_ms", "durability_lag_ms", "completeness")
+    extra = {k: document[k] for k in keep if k in document}
+    extra["added_p95_ci"] = document["added_latency"]["shift"]["p95"]
+    extra["throughput"] = {k: v for k, v in document["throughput"].items() if k != "blocks"}
+    extra["passed"] = document["verdict"]["passed"]
+    return extra
+
+
+def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContext, db: ReaderDb,
+                  evidence: CheckEvidence, benchmark: Any) -> None:
+    limits = overhead_options.limits(request.config)
+    plan = overhead_options.plan(request.config)
+    doc = evidence.json(ARTIFACT_JSON)
+    base_url = str(target.vars["gateway_url"]).rstrip("/")
+    doc.data.update(run_id=run.run_id, target=target.group, gateway=base_url, method=probe.METHOD,
+                    plan=asdict(plan), limits=asdict(limits))
+    t0 = time.monotonic()
+
+    headers = {"Authorization": f"Bearer {target.master_key}"}
+    tp_blocks: list[dict[str, Any]] = []
+    tp_samples: list[probe.Sample] = []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT, trust_env=False,
+                      limits=httpx.Limits(max_connections=plan.concurrency)) as client:
+        ab = probe.Interleaved(client, run.run_id, plan.pairs, plan.warmup)
+        try:
+            pairs = probe.run_interleaved(ab, plan, benchmark)
+        except probe.UnusableGateway as exc:
+            cause = one_line(f"{base_url}: {exc}")
+            doc.data.update(error=cause, samples=probe.sample_rows(ab.samples))
+            raise CheckFailure(cause) from None
+        if all(a.ok and b.ok for a, b in pairs):
+            tp_blocks, tp_samples = probe.throughput_blocks(client, run.run_id, plan.block, plan.concurrency)
+        else:
+            doc["throughput_note"] = "not measured: some interleaved requests failed"
+
+    sent = [s for pair in pairs for s in pair] + tp_samples
+    logged_ids = [s.call_id for s in sent if s.arm == "logged" and s.call_id]
+    unlogged_ids = [s.call_id for s in sent if s.arm == "unlogged" and s.call_id]
+    with failing_as(f"{db.label}: reading the rows of this run's {len(logged_ids)} logged calls"):
+        engine = run.db_engine.get()
+        clock = stats.clock_offset(probe.clock_probes(engine))
+        created = probe.wait_for_rows(engine, logged_ids, plan.row_wait_s)
+        created.update(probe.created_at_by_call_id(engine, unlogged_ids))
+
+    document = probe.build_document(
+        run_id=run.run_id, target=target.group, plan=plan, limits=limits, pairs=pairs, tp_blocks=tp_blocks,
+        tp_samples=tp_samples, created=created, clock=clock, duration_s=time.monotonic() - t0)
+    doc.data.update(document)
+    verdict = document["verdict"]
+    added = document["added_latency"]["shift"]["p95"]
+    lag = document["durability_lag_ms"]["interleaved"]
+
+    lags = [lag_ms for _, lag_ms in probe.lags_ms((a for a, _ in pairs if a.ok), created, clock["offset_ms"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        png = stats.histogram_png(
+            Path(tmp) / ARTIFACT_PNG, [a.latency_ms for a, b in pairs if a.ok and b.ok],
+            [b.latency_ms for a, b in pairs if a.ok and b.ok], lags,
+            title=(f"POC-1 check 6 - run {run.run_id}, target {target.group}: added p95 {added['point']:.2f} ms "
+                   f"(95% CI {added['low']:.2f}..{added['high']:.2f}; limit {limits.overhead_ms:g} ms)"))
+        _write_png(run, png, "passed" if verdict["passed"] else "failed")
+
+    benchmark.extra_info.update(_benchmark_extra(document))
+    evidence.details.update(
+        added_p95_ms=added["point"], added_p95_ci_ms=[added["low"], added["high"]],
+        durability_lag_p95_ms=lag["p95"], requests=len(sent) + 2 * plan.warmup,
+        throughput_rps={arm: document["throughput"].get(arm, {}).get("rps") for arm in probe.ARMS},
+        histogram=ARTIFACT_PNG)
+    if not verdict["passed"]:
+        raise CheckFailure(verdict["cause"])

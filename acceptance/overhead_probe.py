@@ -1,0 +1,357 @@
+"""What check 6 does to the live gateway: the interleaved logging-on/off requests, the throughput
+blocks, and the read-only look-up of the rows they left (by this run's call ids).
+
+Why interleaved and paired: both arms go to the same gateway process in the same seconds, so drift
+(other load on the machine, the gateway warming up) hits both alike. Why throughput blocks as well:
+LiteLLM runs the logging callbacks *after* the answer is sent, so per-request latency can hide work
+that still costs the gateway capacity; blocks where every request is logged (or none is) charge that
+background work to the arm that caused it.
+"""
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable, Sequence
+
+import httpx
+from sqlalchemy import Engine, func, select
+
+from acceptance import overhead_stats as st
+from db_init import Request
+
+ARMS = ("logged", "unlogged")
+CHAT_PATH = "/v1/chat/completions"
+MODEL = "gpt-4o-mini"
+HEADER_OVERHEAD = "x-litellm-overhead-duration-ms"
+HEADER_CALLBACK = "x-litellm-callback-duration-ms"
+
+
+@dataclass
+class Sample:
+    """One request as the client saw it."""
+
+    arm: str
+    phase: str
+    seq: int
+    status: int
+    latency_ms: float
+    end_epoch: float
+    call_id: str | None
+    litellm_overhead_ms: float | None
+    litellm_callback_ms: float | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.call_id is not None
+
+
+def chat_body(run_id: str, phase: str, seq: int, arm: str) -> dict[str, Any]:
+    """The runbook's request, tagged with the run; ``"no-log": true`` makes LiteLLM skip the callbacks."""
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 16,
+                            "messages": [{"role": "user", "content": f"overhead probe {run_id} {phase} {seq}"}]}
+    if arm == "unlogged":
+        body["no-log"] = True
+    return body
+
+
+def _header_ms(headers: httpx.Headers, name: str) -> float | None:
+    try:
+        return float(headers[name])
+    except (KeyError, ValueError):  # absent, or LiteLLM's literal "None"
+        return None
+
+
+def send(client: httpx.Client, arm: str, phase: str, seq: int, run_id: str) -> Sample:
+    """One chat call, timed from just before the request to the last byte of the answer."""
+    body = chat_body(run_id, phase, seq, arm)
+    start = time.perf_counter()
+    try:
+        resp = client.post(CHAT_PATH, json=body)
+        resp.read()
+    except httpx.HTTPError as exc:
+        end = time.perf_counter()
+        return Sample(arm, phase, seq, 0, (end - start) * 1000.0, time.time(), None, None, None,
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    end = time.perf_counter()
+    end_epoch = time.time()
+    return Sample(arm, phase, seq, resp.status_code, (end - start) * 1000.0, end_epoch,
+                  resp.headers.get("x-litellm-call-id"), _header_ms(resp.headers, HEADER_OVERHEAD),
+                  _header_ms(resp.headers, HEADER_CALLBACK),
+                  None if resp.status_code == 200 else f"HTTP {resp.status_code}")
+
+
+class UnusableGateway(RuntimeError):
+    """The gateway is not answering: measuring further would only repeat the error (and take long)."""
+
+
+#: this many failed requests in a row end the measurement (a stopped gateway fails at once, a stuck
+#: one only after the client timeout: the bound keeps the check short either way)
+MAX_FAILURES_IN_A_ROW = 5
+
+
+class Interleaved:
+    """The A/B sequence: ``warmup + pairs`` requests of each arm, in one balanced random order.
+
+    Why not strict pairs (one logged, one unlogged per round): LiteLLM's logging work runs just *after*
+    a logged answer, so it slows whichever request comes next. In strict pairs that next request is an
+    unlogged one three times out of four, which would make logging look cheaper than it is. In a
+    balanced random order the next request is either arm alike, so the spill-over cancels in the
+    difference (the throughput blocks charge it to logging instead).
+
+    pytest-benchmark times the logged requests (``target``); the unlogged ones preceding each logged one
+    run in ``setup``, untimed by it but timed here like every request. The k-th measured logged request
+    is paired with the k-th measured unlogged one for the paired bootstrap.
+    """
+
+    def __init__(self, client: httpx.Client, run_id: str, pairs: int, warmup: int, seed: int = 6) -> None:
+        self.client, self.run_id, self.warmup = client, run_id, warmup
+        rng = random.Random(seed)
+        head, body = ["logged", "unlogged"] * warmup, ["logged", "unlogged"] * pairs
+        rng.shuffle(head)
+        rng.shuffle(body)
+        order = head + body
+        # one segment per logged request: the unlogged requests before it, then it
+        self.segments: list[int] = []
+        run = 0
+        for arm in order:
+            if arm == "logged":
+                self.segments.append(run)
+                run = 0
+            else:
+                run += 1
+        self.trailing = run
+        self.samples: list[Sample] = []
+        self._done = 0
+
+    def _send(self, arm: str) -> Sample:
+        sample = send(self.client, arm, "ab", len(self.samples), self.run_id)
+        self.samples.append(sample)
+        recent = self.samples[-MAX_FAILURES_IN_A_ROW:]
+        if len(recent) == MAX_FAILURES_IN_A_ROW and not any(s.ok for s in recent):
+            raise UnusableGateway(f"{MAX_FAILURES_IN_A_ROW} requests in a row failed "
+                                  f"(after {len(self.samples)} sent; last: {sample.error or 'no call id'})")
+        return sample
+
+    def setup(self) -> None:
+        for _ in range(self.segments[self._done]):
+            self._send("unlogged")
+
+    def target(self) -> None:
+        self._send("logged")
+        self._done += 1
+
+    def finish(self) -> None:
+        """Whatever pytest-benchmark did not run (all of it when it is disabled), then the tail."""
+        while self._done < len(self.segments):
+            self.setup()
+            self.target()
+        for _ in range(self.trailing):
+            self._send("unlogged")
+        self.trailing = 0
+
+    def pairs(self) -> list[tuple[Sample, Sample]]:
+        """(k-th logged, k-th unlogged) after the warm-up, in time order."""
+        lo = [s for s in self.samples if s.arm == "logged"][self.warmup:]
+        un = [s for s in self.samples if s.arm == "unlogged"][self.warmup:]
+        return list(zip(lo, un))
+
+
+def throughput_blocks(client: httpx.Client, run_id: str, block: int, concurrency: int,
+                      order: Sequence[str] = ("logged", "unlogged", "unlogged", "logged"),
+                      ) -> tuple[list[dict[str, Any]], list[Sample]]:
+    """Blocks of ``block`` requests all logged or all unlogged, ``concurrency`` at a time, in ABBA order
+    (a linear drift of the machine cancels out). Returns per-block wall times and every sample."""
+    blocks: list[dict[str, Any]] = []
+    samples: list[Sample] = []
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="overhead") as pool:
+        for b, arm in enumerate(order):
+            start = time.perf_counter()
+            got = list(pool.map(lambda i, arm=arm, b=b: send(client, arm, "tp", b * block + i, run_id),
+                                range(block)))
+            wall = time.perf_counter() - start
+            blocks.append({"arm": arm, "requests": block, "concurrency": concurrency, "wall_s": round(wall, 4),
+                           "ok": sum(s.ok for s in got)})
+            samples.extend(got)
+    return blocks, samples
+
+
+# --------------------------------------------------------------------------------------------------
+# the database side (read-only engine, queries built from db_init's models)
+
+
+def clock_probes(engine: Engine, tries: int = 7) -> list[tuple[float, float, float]]:
+    """(sent, database clock, received) triples, to correct the lag for clock offset between hosts."""
+    probes = []
+    with engine.connect() as conn:
+        for _ in range(tries):
+            sent = time.time()
+            remote: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
+            probes.append((sent, remote.timestamp(), time.time()))
+    return probes
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def created_at_by_call_id(engine: Engine, call_ids: Sequence[str]) -> dict[str, float]:
+    """``requests.created_at`` (epoch seconds) of the rows that carry these call ids."""
+    found: dict[str, float] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(list(call_ids)):
+            stmt = select(Request.request_id, Request.created_at).where(Request.request_id.in_(chunk))
+            for request_id, created_at in conn.execute(stmt):
+                found[request_id] = created_at.timestamp()
+    return found
+
+
+def wait_for_rows(engine: Engine, call_ids: Sequence[str], timeout_s: float,
+                  clock: Callable[[], float] = time.monotonic, poll_s: float = 0.25) -> dict[str, float]:
+    """Poll until every id has its row or the time is up; returns what was found."""
+    deadline = clock() + timeout_s
+    while True:
+        found = created_at_by_call_id(engine, call_ids)
+        if len(found) >= len(set(call_ids)) or clock() >= deadline:
+            return found
+        time.sleep(poll_s)
+
+
+def sample_rows(samples: Iterable[Sample]) -> list[dict[str, Any]]:
+    """The raw samples as they go into the artifact (call ids are not secrets; nothing else is sent)."""
+    return [asdict(s) for s in samples]
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole measurement
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to send (defaults: 20 warm-up pairs + 200 measured pairs + 4 x 40 throughput = 600 calls)."""
+
+    pairs: int = 200
+    warmup: int = 20
+    block: int = 40
+    concurrency: int = 8
+    row_wait_s: float = 15.0
+
+
+def run_interleaved(ab: Interleaved, plan: Plan, benchmark: Any | None = None) -> list[tuple[Sample, Sample]]:
+    """The A/B requests, timed by pytest-benchmark when given (one benchmark round = one logged request,
+    so its statistics are the logged arm's latency; ``--benchmark-compare`` compares those)."""
+    if benchmark is not None:
+        benchmark.pedantic(ab.target, setup=ab.setup, rounds=plan.pairs, warmup_rounds=plan.warmup, iterations=1)
+    ab.finish()
+    return ab.pairs()
+
+
+
+METHOD = {
+    "added_latency": (
+        "Interleaved A/B on the same gateway in the same seconds: as many requests with DB logging on as "
+        "with '\"no-log\": true' in the body (LiteLLM then skips the logging callbacks for that call), "
+        "sent one at a time over one keep-alive connection in a balanced random order (so the logging "
+        "work that runs just after a logged answer slows the next request whichever arm it belongs to, "
+        "and cancels in the difference); the first requests of each arm are warm-up and dropped. "
+        "Latency is the client's time from sending to the last byte of the answer. Added latency = "
+        "percentile of the logged arm minus the same percentile of the unlogged arm; its 95% confidence "
+        "interval comes from a bootstrap over pairs (k-th logged with k-th unlogged request). "
+        "Pass: the added p95 (point estimate) below the threshold; the interval is reported beside it."),
+    "why_more_than_latency": (
+        "LiteLLM runs the logging callbacks after the answer is sent, so the client's latency shows only "
+        "the part of the logging on the request path. Two more figures account for the rest: the "
+        "durability lag (how long until the row exists) and the throughput with every request logged "
+        "versus none (the gateway capacity the background work takes)."),
+    "durability_lag": (
+        "For each logged request: requests.created_at of its row (found by the call id "
+        "x-litellm-call-id, read-only, query built from db_init's models) minus the client's time of the "
+        "answer's last byte, corrected by the measured clock offset between the runner and the database "
+        "host. created_at is now() of the writing transaction, i.e. its start: the commit follows it "
+        "by the INSERTs' own duration. Rows not present within row_wait_s count as missing. A writer "
+        "that cannot keep up shows as a growing lag (backlog slope, ms of lag per s of run). "
+        "Pass: lag p95 below the durability-lag threshold, and every logged request has its row."),
+    "throughput": (
+        "Blocks of requests sent with a fixed concurrency, every request of a block logged or every one "
+        "unlogged, in ABBA order so a linear drift of the machine cancels; added wall ms per request = "
+        "wall time per request logged minus unlogged. Reported, not a pass condition: on a shared "
+        "2-core runner its block-to-block noise is several ms."),
+    "litellm_headers": (
+        "LiteLLM's own figures from each answer: x-litellm-overhead-duration-ms (its time outside the "
+        "provider call) and x-litellm-callback-duration-ms (time spent in callbacks before the answer); "
+        "recorded beside the A/B figure, not used for the verdict."),
+    "validity": (
+        "A no-log request must leave no row (else the comparison is void), and every request must be "
+        "answered 200."),
+}
+
+
+def lags_ms(samples: Iterable[Sample], created: dict[str, float], offset_ms: float) -> list[tuple[Sample, float]]:
+    """(sample, lag in ms) for every logged sample whose row was found."""
+    return [(s, (created[s.call_id] - offset_ms / 1000.0 - s.end_epoch) * 1000.0)
+            for s in samples if s.call_id in created]
+
+
+def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
+                   pairs: Sequence[tuple[Sample, Sample]], tp_blocks: list[dict[str, Any]],
+                   tp_samples: Sequence[Sample], created: dict[str, float], clock: dict[str, float],
+                   duration_s: float) -> dict[str, Any]:
+    """Everything check 6 measured, its statistics and its verdict, as one JSON-able document."""
+    logged = [p[0] for p in pairs]
+    unlogged = [p[1] for p in pairs]
+    ok_pairs = [(a, b) for a, b in pairs if a.ok and b.ok]
+    lo_ms = [a.latency_ms for a, _ in ok_pairs]
+    un_ms = [b.latency_ms for _, b in ok_pairs]
+    all_logged = [s for s in (*logged, *tp_samples) if s.arm == "logged"]
+    all_unlogged = [s for s in (*unlogged, *tp_samples) if s.arm == "unlogged"]
+    ab_lags = lags_ms((s for s in logged if s.ok), created, clock["offset_ms"])
+    tp_lags = lags_ms((s for s in tp_samples if s.arm == "logged" and s.ok), created, clock["offset_ms"])
+    t0 = min((s.end_epoch for s in logged), default=0.0)
+    completeness = {
+        "logged_sent": len(all_logged), "logged_ok": sum(s.ok for s in all_logged),
+        "unlogged_sent": len(all_unlogged), "unlogged_ok": sum(s.ok for s in all_unlogged),
+        "logged_rows": sum(1 for s in all_logged if s.ok and s.call_id in created),
+        "unlogged_rows": sum(1 for s in all_unlogged if s.call_id in created),
+    }
+    lag_stats = st.percentiles([lag for _, lag in ab_lags])
+    if len(ok_pairs) >= 2:
+        added = st.added_latency(lo_ms, un_ms)
+    else:
+        nan = {"point": float("inf"), "low": float("inf"), "high": float("inf")}
+        added = {"shift": {f"p{q}": nan for q in st.QUANTILES}, "pair_differences": st.percentiles([])}
+    verdict = st.judge(added, lag_stats, completeness, limits)
+
+    def header_stats(attr: str) -> dict[str, Any]:
+        return {arm: st.percentiles([v for s in group if s.ok and (v := getattr(s, attr)) is not None])
+                for arm, group in (("logged", logged), ("unlogged", unlogged))}
+
+    return {
+        "check": "overhead",
+        "run_id": run_id,
+        "target": target,
+        "duration_s": round(duration_s, 2),
+        "method": METHOD,
+        "plan": asdict(plan),
+        "limits": asdict(limits),
+        "verdict": verdict.as_dict(),
+        "added_ms": {k: v["point"] for k, v in added["shift"].items()},
+        "added_latency": added,
+        "latency_ms": {"logged": st.percentiles(lo_ms), "unlogged": st.percentiles(un_ms)},
+        "litellm_headers": {"overhead_duration_ms": header_stats("litellm_overhead_ms"),
+                            "callback_duration_ms": header_stats("litellm_callback_ms")},
+        "durability_lag_ms": {
+            "interleaved": lag_stats,
+            "under_concurrency": st.percentiles([lag for _, lag in tp_lags]),
+            "backlog_slope_ms_per_s": st.backlog_slope([s.end_epoch - t0 for s, _ in ab_lags],
+                                                       [lag for _, lag in ab_lags]),
+            "clock": clock,
+        },
+        "throughput": st.throughput(tp_blocks),
+        "completeness": completeness,
+        "errors": sorted({s.error for s in (*all_logged, *all_unlogged) if s.error})[:10],
+        "samples": sample_rows([*(s for p in pairs for s in p), *tp_samples]),
+    }

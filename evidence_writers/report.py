@@ -1,0 +1,282 @@
+"""The sign-off report: pytest-html hooks that open report.html with what a signer reads first.
+
+Top of the page, in this order: the verdict and the six checks (PASS/FAIL, one-line cause, links into
+the bundle), the overhead figures and histogram (inline, so the one file can be mailed), the sign-off
+block, then pytest-html's environment table (target, hosts, versions lock, run id, git commit) and its
+per-test table. Everything comes from the run's manifest (acceptance/plugin.py) and check 6's
+overhead_benchmark.json, so the report cannot say anything the bundle does not.
+
+Active only when pytest-html writes a report for an acceptance run (``--html``); inert otherwise.
+"""
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from acceptance import registry
+
+REPORT_TITLE = "POC-1 sign-off: LiteLLM Gateway + SQLAlchemy logging"
+OVERHEAD_JSON = "overhead_benchmark.json"
+OVERHEAD_PNG = "overhead_histogram.png"
+SHOWN = {"passed": "PASS", "failed": "FAIL", "error": "FAIL", "skipped": "SKIPPED", None: "NOT RUN"}
+
+#: pytest-html puts its environment table above the summary; the signer reads the verdict first
+CSS = """
+body { display: flex; flex-direction: column; }
+body > #title, body > p { order: 0; }
+body > .summary { order: 1; }
+body > #environment-header, body > #environment { order: 2; }
+body > #results-table { order: 3; }
+body > footer { order: 4; }
+.poc1 { font-size: 13px; margin: 0 0 18px 0; color: #000; }
+.poc1 table { border-collapse: collapse; margin: 6px 0 12px 0; }
+.poc1 th, .poc1 td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+.poc1 th { background: #f0f0f0; }
+.poc1 .PASS { color: #fff; background: #2e7d32; font-weight: bold; }
+.poc1 .FAIL, .poc1 .NOT-RUN, .poc1 .SKIPPED { color: #fff; background: #c62828; font-weight: bold; }
+.poc1 .verdict { font-size: 22px; font-weight: bold; padding: 6px 14px; display: inline-block; color: #fff; }
+.poc1 .verdict.GO { background: #2e7d32; }
+.poc1 .verdict.NO-GO { background: #c62828; }
+.poc1 img.histogram { max-width: 100%; border: 1px solid #ddd; }
+.poc1 td.num { text-align: right; font-family: monospace; }
+.poc1 .method { max-width: 1000px; color: #333; }
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the summary table."""
+
+    id: str
+    title: str
+    shown: str
+    cause: str | None
+    artifacts: tuple[str, ...]
+
+
+def check_rows(manifest: dict[str, Any]) -> list[Row]:
+    """The six checks of the registry, in order, each with its outcome in this run (NOT RUN if absent)."""
+    recorded = {c["id"]: c for c in manifest.get("checks", [])}
+    by_check: dict[str, list[str]] = {}
+    for art in manifest.get("artifacts", []):
+        by_check.setdefault(art.get("check"), []).append(art["path"])
+    rows = []
+    for spec in registry.CHECKS:
+        rec = recorded.get(spec.id)
+        outcome = rec.get("outcome") if rec else None
+        arts = list(rec.get("artifacts", [])) if rec else []
+        arts += [a for a in by_check.get(spec.id, []) if a not in arts]
+        cause = rec.get("cause") if rec else "the check did not run"
+        rows.append(Row(spec.id, rec.get("title", spec.title) if rec else spec.title,
+                        SHOWN.get(outcome, "FAIL"), cause, tuple(arts)))
+    return rows
+
+
+def verdict(rows: Sequence[Row]) -> str:
+    """GO only when every one of the six checks passed."""
+    return "GO" if rows and all(r.shown == "PASS" for r in rows) else "NO-GO"
+
+
+def signer() -> str:
+    """Who ran it: the login behind sudo if any, at this host."""
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def _link(name: str, bundle: Path, report_dir: Path) -> str:
+    href = os.path.relpath(bundle / name, report_dir)
+    return f'<a class="artifact" href="{escape(href)}">{escape(name)}</a>'
+
+
+def summary_html(rows: Sequence[Row], bundle: Path, report_dir: Path) -> str:
+    body = []
+    for n, r in enumerate(rows, 1):
+        links = " ".join(_link(a, bundle, report_dir) for a in r.artifacts) or "&mdash;"
+        cause = escape(r.cause) if r.cause and r.shown != "PASS" else ""
+        body.append(
+            f'<tr data-check="{escape(r.id)}"><td>{n}</td><td>{escape(r.title)}<br><code>{escape(r.id)}</code></td>'
+            f'<td class="outcome {r.shown.replace(" ", "-")}">{r.shown}</td><td class="cause">{cause}</td>'
+            f"<td>{links}</td></tr>")
+    return ('<table id="poc1-checks"><thead><tr><th>#</th><th>check</th><th>result</th><th>cause</th>'
+            "<th>artifacts</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+
+
+def _fmt(value: Any, unit: str = " ms") -> str:
+    if value is None:
+        return "&mdash;"
+    if isinstance(value, float):
+        return f"{value:.2f}{unit}"
+    return f"{escape(str(value))}{unit}"
+
+
+def overhead_html(doc: dict[str, Any] | None, png: bytes | None) -> str:
+    """The figures of check 6 and its histogram, inline."""
+    if not doc:
+        return "<p>Check 6 left no overhead_benchmark.json: no figures.</p>"
+    parts = []
+    verdict_ = doc.get("verdict") or {}
+    if verdict_.get("criteria"):
+        crit = "".join(
+            f'<tr><td>{escape(c["name"])}</td><td class="num">{_fmt(c["measured"], "")}</td>'
+            f'<td>{escape(c["limit"])}</td><td class="outcome {"PASS" if c["ok"] else "FAIL"}">'
+            f'{"PASS" if c["ok"] else "FAIL"}</td></tr>' for c in verdict_["criteria"])
+        parts.append('<table id="poc1-overhead-criteria"><thead><tr><th>criterion</th><th>measured</th>'
+                     f"<th>limit</th><th>result</th></tr></thead><tbody>{crit}</tbody></table>")
+    shift = (doc.get("added_latency") or {}).get("shift") or {}
+    lat = doc.get("latency_ms") or {}
+    hdr = (doc.get("litellm_headers") or {}).get("overhead_duration_ms") or {}
+    cb = (doc.get("litellm_headers") or {}).get("callback_duration_ms") or {}
+    lag = (doc.get("durability_lag_ms") or {})
+    rows = []
+    for q in ("p50", "p95", "p99"):
+        s = shift.get(q) or {}
+        ci = f"{s['low']:.2f} .. {s['high']:.2f}" if "low" in s else "&mdash;"
+        rows.append(
+            f"<tr><td>{q}</td>"
+            + "".join(f'<td class="num">{_fmt((lat.get(arm) or {}).get(q))}</td>' for arm in ("logged", "unlogged"))
+            + f'<td class="num">{_fmt(s.get("point"))}</td><td class="num">{ci}</td>'
+            + f'<td class="num">{_fmt((lag.get("interleaved") or {}).get(q))}</td>'
+            + "".join(f'<td class="num">{_fmt((src.get(arm) or {}).get(q))}</td>'
+                      for src in (hdr, cb) for arm in ("logged", "unlogged"))
+            + "</tr>")
+    parts.append(
+        '<table id="poc1-overhead-figures"><thead><tr><th rowspan="2"></th><th colspan="2">client latency</th>'
+        '<th colspan="2">added (on &minus; off)</th><th rowspan="2">durability lag</th>'
+        '<th colspan="2">LiteLLM x-litellm-overhead-duration-ms</th>'
+        '<th colspan="2">LiteLLM x-litellm-callback-duration-ms</th></tr>'
+        "<tr><th>logging on</th><th>logging off</th><th>point</th><th>95% CI</th>"
+        "<th>on</th><th>off</th><th>on</th><th>off</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    tp = doc.get("throughput") or {}
+    comp = doc.get("completeness") or {}
+    facts = [
+        ("throughput, logging on", _fmt((tp.get("logged") or {}).get("rps"), " req/s")),
+        ("throughput, logging off", _fmt((tp.get("unlogged") or {}).get("rps"), " req/s")),
+        ("wall time added per logged request (throughput blocks)", _fmt(tp.get("added_wall_ms_per_request"))),
+        ("durability lag under concurrency, p95", _fmt((lag.get("under_concurrency") or {}).get("p95"))),
+        ("durability lag trend (backlog)", _fmt(lag.get("backlog_slope_ms_per_s"), " ms per s")),
+        ("clock offset database - runner", _fmt((lag.get("clock") or {}).get("offset_ms"))),
+        ("requests (logged / unlogged, incl. throughput)",
+         f"{comp.get('logged_sent', '?')} / {comp.get('unlogged_sent', '?')}"),
+        ("rows found for logged / for no-log requests",
+         f"{comp.get('logged_rows', '?')} / {comp.get('unlogged_rows', '?')}"),
+        ("check duration", _fmt(doc.get("duration_s"), " s")),
+    ]
+    parts.append('<table id="poc1-overhead-facts"><tbody>' + "".join(
+        f'<tr><td>{escape(k)}</td><td class="num">{v}</td></tr>' for k, v in facts) + "</tbody></table>")
+    if png:
+        data = base64.b64encode(png).decode()
+        parts.append(f'<img class="histogram" id="poc1-histogram" alt="overhead histogram" '
+                     f'src="data:image/png;base64,{data}">')
+    method = doc.get("method") or {}
+    if method:
+        parts.append('<details class="method"><summary>Method</summary><dl>' + "".join(
+            f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{escape(v)}</dd>" for k, v in method.items())
+            + "</dl></details>")
+    return "".join(parts)
+
+
+def signoff_html(manifest: dict[str, Any], decision: str, who: str, when: str) -> str:
+    commit = ((manifest.get("versions") or {}).get("suite") or {})
+    rev = commit.get("commit", "unknown") + (" (uncommitted changes)" if commit.get("dirty") else "")
+    facts = [("verdict", f'<span class="verdict {decision}">{decision}</span>'),
+             ("rule", "GO only when all six checks passed"),
+             ("date", escape(when)), ("run by", escape(who)), ("run id", escape(str(manifest.get("run_id")))),
+             ("target", escape(str(manifest.get("target")))), ("git commit", escape(rev))]
+    return '<table id="poc1-signoff"><tbody>' + "".join(
+        f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</tbody></table>"
+
+
+def _flat(value: Any) -> Any:
+    """pytest-html shows one level of a mapping; deeper values (e.g. {"error": ...}) become text."""
+    if isinstance(value, dict):
+        return {str(k): _flat_text(v) for k, v in value.items()}
+    return _flat_text(value)
+
+
+def _flat_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_flat_text(v)}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def environment(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Entries for pytest-html's environment table."""
+    versions = manifest.get("versions") or {}
+    suite = versions.get("suite") or {}
+    gw = versions.get("gateway") or {}
+    db = versions.get("db") or {}
+    lock = {
+        "litellm (gateway)": gw.get("litellm"), "SQLAlchemy (gateway)": gw.get("sqlalchemy"),
+        "psycopg2 (gateway)": gw.get("psycopg2"), "Python (gateway)": gw.get("python"),
+        "gateway OS": gw.get("os"), "PostgreSQL": db.get("postgresql"), "db OS": db.get("os"),
+        "versions_digest": manifest.get("versions_digest"),
+    }
+    if gw.get("error"):
+        lock["gateway"] = gw["error"]
+    return {
+        "Run id": _flat(manifest.get("run_id")),
+        "Target group": _flat(manifest.get("target")),
+        "Hosts": _flat(manifest.get("hosts") or {}),
+        "Versions lock": _flat({k: v for k, v in lock.items() if v is not None}),
+        "Git commit": _flat(suite.get("commit", suite.get("error", "unknown")))
+        + (" (uncommitted changes)" if suite.get("dirty") else ""),
+        "Started / finished": f"{manifest.get('started')} / {manifest.get('finished')}",
+    }
+
+
+def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str, when: str) -> str:
+    """The whole block that opens the report."""
+    rows = check_rows(manifest)
+    decision = verdict(rows)
+    doc = None
+    try:
+        doc = json.loads((bundle / OVERHEAD_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    png = (bundle / OVERHEAD_PNG).read_bytes() if (bundle / OVERHEAD_PNG).is_file() else None
+    return (f'<style>{CSS}</style><div class="poc1" id="poc1-summary">'
+            f'<h2>Verdict: <span class="verdict {decision}" id="poc1-verdict">{decision}</span></h2>'
+            f"<h3>Validation checks</h3>{summary_html(rows, bundle, report_dir)}"
+            f"<h3>DB-logging overhead (check 6)</h3>{overhead_html(doc, png)}"
+            f"<h3>Sign-off</h3>{signoff_html(manifest, decision, who, when)}</div>")
+
+
+# --------------------------------------------------------------------------------------------------
+# pytest-html hooks
+
+
+def _acceptance(config: pytest.Config) -> Any | None:
+    from acceptance.plugin import PLUGIN_KEY
+
+    return config.stash.get(PLUGIN_KEY, None)
+
+
+def pytest_html_report_title(report: Any) -> None:
+    report.title = REPORT_TITLE
+
+
+def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
+                                session: pytest.Session) -> None:
+    plugin = _acceptance(session.config)
+    if plugin is None or plugin.manifest is None:
+        return
+    manifest = plugin.manifest
+    html_path = Path(session.config.getoption("htmlpath")).expanduser()
+    report_dir = (Path(session.config.invocation_params.dir) / html_path).resolve().parent
+    when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    prefix.append(render(manifest, plugin.ctx.evidence_dir, report_dir, who=signer(), when=when))
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    session.config.stash[metadata_key].update(environment(manifest))

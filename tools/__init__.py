@@ -1,0 +1,1 @@
+"""Command-line tools around the acceptance suite (``python -m tools.validate``, ``tools.regression``)."""

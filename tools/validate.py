@@ -1,0 +1,186 @@
+"""One command for a sign-off: ``python -m tools.validate --hosts GROUP`` (behind ``make validate``).
+
+Why a wrapper around pytest: a signer wants one command that brings the embedded lab up when it is
+down, runs the six checks with the report options set (self-contained HTML, JUnit XML, pytest-benchmark
+JSON and saved runs), refuses to hand out a bundle holding a secret, packs the bundle into one
+tarball, and answers with the verdict and an exit code a CI system can use.
+
+    python -m tools.validate                    # the embedded lab (group "local"), up if needed
+    python -m tools.validate --hosts lab        # the real lab of the closeout pack
+    python -m tools.validate -- -k overhead     # anything after -- goes to pytest
+
+A lab that is up but degraded (a unit stopped) is *not* repaired: the checks are there to say so.
+
+Exit codes: 0 GO; 1 NO-GO; 2 nothing to judge (the lab could not be brought up, the suite could not
+start, or it wrote no manifest), with the reason on the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_EVIDENCE = REPO / "POC-1" / "evidence"
+EMBEDDED_GROUP = "local"
+REPORT, JUNIT, BENCH_JSON = "report.html", "junit.xml", "pytest_benchmark.json"
+MANIFEST = "manifest.json"
+SUITE_TIMEOUT_S = 1800
+LAB_UP_TIMEOUT_S = 1800
+EXIT_GO, EXIT_NO_GO, EXIT_NOTHING = 0, 1, 2
+LAB_DOWN = 3  # `python -m lab status`: 0 well, 1 degraded, 3 down
+
+
+def say(line: str) -> None:
+    print(f"validate: {line}", flush=True)
+
+
+def _run(cmd: Sequence[str], timeout: float) -> int:
+    """Run a child in its own process group, output straight through; stop the group on timeout."""
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        say(f"{' '.join(cmd[:4])} ... exceeded {timeout:g} s; stopped")
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 124
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+
+
+def ensure_lab() -> str | None:
+    """Bring the embedded lab up when it is down (or healthy: `up` then redeploys changed code).
+    A degraded lab is left as it is. Returns a cause when the lab could not be brought up."""
+    state = _run([sys.executable, "-m", "lab", "status"], timeout=120)
+    if state not in (0, LAB_DOWN):
+        say("the embedded lab is up but degraded: running the checks against it as it stands")
+        return None
+    rc = _run([sys.executable, "-m", "lab", "up"], timeout=LAB_UP_TIMEOUT_S)
+    return None if rc == 0 else f"`python -m lab up` failed (exit {rc}); see its output above"
+
+
+def pytest_command(hosts: str, evidence: Path, extra: Sequence[str]) -> list[str]:
+    """The suite with the sign-off outputs switched on (pytest.ini's defaults stay as they are)."""
+    return [sys.executable, "-m", "pytest", "acceptance", f"--hosts={hosts}", f"--evidence-dir={evidence}",
+            f"--html={evidence / REPORT}", "--self-contained-html", f"--junitxml={evidence / JUNIT}",
+            f"--benchmark-json={evidence / BENCH_JSON}", "--benchmark-autosave",
+            "-p", "no:cacheprovider", "-rfE", *extra]
+
+
+@dataclass
+class Judgement:
+    verdict: str
+    run_id: str | None
+    failing: list[str]
+    cause: str | None = None
+
+
+def judge(evidence: Path, not_before: float = 0.0) -> Judgement:
+    """The verdict by the report's rule (GO only when all six checks passed), from this run's
+    manifest.json (one older than ``not_before`` is a previous run's and does not count)."""
+    from evidence_writers import report
+
+    path = evidence / MANIFEST
+    try:
+        if path.stat().st_mtime < not_before:
+            return Judgement("NO-GO", None, [], f"the suite wrote no new {MANIFEST} in {evidence}")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        what = "no" if isinstance(exc, OSError) else "an unreadable"
+        return Judgement("NO-GO", None, [], f"the suite wrote {what} {MANIFEST} in {evidence}")
+    rows = report.check_rows(manifest)
+    failing = [f"{r.id}: {r.shown}" + (f": {r.cause}" if r.cause else "") for r in rows if r.shown != "PASS"]
+    return Judgement(report.verdict(rows), manifest.get("run_id"), failing)
+
+
+def leaked_secrets(evidence: Path, hosts: str, inventory: Path) -> list[str]:
+    """Files of the bundle (the report and JUnit XML included) holding a secret of the target."""
+    from evidence_writers.redaction import Redactor
+    from fixtures.inventory import InventoryError, load_target
+
+    try:
+        secrets = load_target(inventory, hosts).secret_values()
+    except InventoryError:
+        return []  # pytest refused the same inventory already, and wrote nothing
+    redactor = Redactor(secrets)
+    found = []
+    for path in sorted(p for p in evidence.rglob("*") if p.is_file()):
+        if redactor.leaks(path.read_bytes().decode("utf-8", "replace")):
+            found.append(path.name)
+    return found
+
+
+def pack(evidence: Path, run_id: str) -> Path:
+    """``evidence-<run id>.tar.gz`` beside the bundle: the bundle as one file to attach or archive."""
+    out = evidence.parent / f"evidence-{run_id}.tar.gz"
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(evidence.iterdir()):
+            if path.name.startswith("."):
+                continue
+            tar.add(path, arcname=f"evidence/{path.name}")
+    os.replace(tmp, out)
+    return out
+
+
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", default=EMBEDDED_GROUP, help="inventory group (default: local, the embedded lab)")
+    parser.add_argument("--evidence-dir", type=Path, default=DEFAULT_EVIDENCE,
+                        help="bundle directory (default: POC-1/evidence)")
+    parser.add_argument("--inventory", type=Path, default=REPO / "hosts.yml")
+    parser.add_argument("--no-lab-up", action="store_true",
+                        help="never start the embedded lab, run against whatever is there")
+    args, extra = parser.parse_known_args(argv)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return args, extra
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, extra = parse(argv)
+    evidence = args.evidence_dir.resolve()
+    if args.hosts == EMBEDDED_GROUP and not args.no_lab_up:
+        cause = ensure_lab()
+        if cause:
+            say(cause)
+            return EXIT_NOTHING
+    started = time.time()
+    rc = _run(pytest_command(args.hosts, evidence, [f"--inventory={args.inventory.resolve()}", *extra]),
+              timeout=SUITE_TIMEOUT_S)
+    result = judge(evidence, not_before=started)
+    if result.cause:
+        say(f"{result.cause} (pytest exit {rc}); verdict NO-GO")
+        return EXIT_NOTHING
+    leaks = leaked_secrets(evidence, args.hosts, args.inventory)
+    if leaks:
+        say(f"a secret of group {args.hosts} is in {', '.join(leaks)}: bundle not packed; verdict NO-GO")
+        return EXIT_NO_GO
+    tarball = pack(evidence, result.run_id or "unknown")
+    print("", flush=True)
+    say(f"run {result.run_id} against {args.hosts}: verdict {result.verdict}")
+    for line in result.failing:
+        say(f"  {line}")
+    say(f"report  {evidence / REPORT}")
+    say(f"bundle  {tarball}")
+    return EXIT_GO if result.verdict == "GO" else EXIT_NO_GO
+
+
+if __name__ == "__main__":
+    sys.exit(main())
