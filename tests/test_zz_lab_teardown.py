@@ -1,0 +1,54 @@
+"""`python -m lab down` leaves nothing behind. Runs last (file name) and leaves the lab down."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lab
+from lab import cgroups, layout, machine, mounts
+
+pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _lab_processes() -> set[int]:
+    """Every process of the lab: the nspawns and everything inside the containers' cgroups."""
+    found: set[int] = set()
+    for host in layout.HOSTS.values():
+        found |= {p for p in (machine.nspawn_pid(host), *machine.stray_nspawn_pids(host)) if p}
+        found |= cgroups.pids(host.cgroup)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_down_leaves_no_process_link_mount_or_file(embedded_lab: lab.LabDescription) -> None:
+    before = _lab_processes()
+    assert len(before) > 10  # a booted lab: two nspawns, two systemds, sshd, PostgreSQL, the gateway...
+
+    proc = subprocess.run([sys.executable, "-m", "lab", "down"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    assert [p for p in before if _alive(p)] == []
+    assert _lab_processes() == set()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert "br-poc1" not in links and "vb-poc1" not in links
+    assert mounts.under(layout.STATE_DIR, layout.CACHE_DIR) == []
+    assert not layout.STATE_DIR.exists()
+    assert [d for h in layout.HOSTS.values() for d in cgroups.dirs(h.cgroup) if d.exists()] == []
+    assert not any((layout.NSPAWN_PROPAGATE / h.machine).exists() for h in layout.HOSTS.values())
+    assert (layout.BASE_ROOTFS / "usr/bin/systemctl").exists()  # the cache stays
+
+    status = subprocess.run([sys.executable, "-m", "lab", "status"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert (status.returncode, status.stdout) == (3, "lab: down\n")
