@@ -26,3 +26,23 @@ def pg() -> Iterator[PgServer]:
 def fresh_db(pg: PgServer) -> str:
     """An empty database of its own for one test; returns its SQLAlchemy URL."""
     return pg.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def embedded_lab():
+    """The embedded two-host lab, brought up idempotently by `python -m lab up` (builds the rootfs cache
+    on a cold machine); yields its LabDescription. Left up at the end: CI tears it down explicitly
+    (tests/test_zz_lab_teardown.py, `make lab-down`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=repo, capture_output=True, text=True,
+                          timeout=1500, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        cause = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        pytest.fail(f"embedded lab: {cause}", pytrace=False)
+    import lab
+
+    yield lab.describe()
