@@ -1,0 +1,185 @@
+"""The sign-off report as a person sees it: pytest-html writes it through evidence_writers/report.py,
+real headless Chromium renders it, and the assertions are on the rendered page.
+
+The run behind the report here is a small pytest session whose manifest and bundle are written by
+the test (a GO run and a NO-GO run), so every rule of the page is checked without the lab; the
+report of a real lab run is checked the same way in tests/test_validate.py.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from acceptance import overhead_stats, registry
+from evidence_writers import report
+from tests.support import chromium
+
+ROOT = Path(__file__).resolve().parents[1]
+SELECTORS = {"summary": "#poc1-summary", "verdict": "#poc1-verdict", "rows": "#poc1-checks tbody tr",
+             "links": "#poc1-checks a.artifact", "environment": "#environment tr", "img": "#poc1-histogram",
+             "signoff": "#poc1-signoff"}
+
+
+def manifest(outcomes: dict[str, str], causes: dict[str, str] | None = None) -> dict:
+    causes = causes or {}
+    checks = [{"id": c.id, "title": c.title, "outcome": outcomes[c.id], "cause": causes.get(c.id),
+               "artifacts": list(c.artifacts) or ["overhead_benchmark.json"], "duration_s": 0.1}
+              for c in registry.CHECKS if c.id in outcomes]
+    arts = [{"path": a, "sha256": "0" * 64, "size": 1, "check": c["id"], "outcome": c["outcome"], "time": "t"}
+            for c in checks for a in c["artifacts"]]
+    if "overhead" in outcomes:
+        arts.append({"path": "overhead_histogram.png", "sha256": "0" * 64, "size": 1, "check": "overhead",
+                     "outcome": outcomes["overhead"], "time": "t"})
+    return {"run_id": "20260101T000000Z-feedbeef", "started": "s", "finished": "f", "target": "local",
+            "hosts": {"gateway": "10.231.0.18", "db": "10.231.0.19"}, "verdict": "?", "checks": checks,
+            "artifacts": arts, "versions_digest": "ab" * 32,
+            "versions": {"suite": {"commit": "c0ffee" * 6 + "abcd", "dirty": False},
+                         "gateway": {"litellm": "1.108.7", "sqlalchemy": "2.1.9", "psycopg2": "2.9.10",
+                                     "python": "3.11.2", "os": "Debian GNU/Linux 12 (bookworm)"},
+                         "db": {"postgresql": "15.14", "os": {"error": "ssh db: timed out"}}}}
+
+
+def write_bundle(bundle: Path, m: dict) -> None:
+    """The files the manifest names, a check-6 document built by the real statistics, its picture."""
+    bundle.mkdir(parents=True, exist_ok=True)
+    for art in m["artifacts"]:
+        (bundle / art["path"]).write_text("artifact\n")
+    rng = np.random.default_rng(7)
+    on, off = rng.normal(17, 2, 200), rng.normal(16.5, 2, 200)
+    added = overhead_stats.added_latency(on, off)
+    lag = overhead_stats.percentiles(rng.gamma(2, 4, 200))
+    comp = {"logged_sent": 280, "logged_ok": 280, "unlogged_sent": 280, "unlogged_ok": 280, "logged_rows": 280,
+            "unlogged_rows": 0}
+    doc = {"added_latency": added, "latency_ms": {"logged": overhead_stats.percentiles(on),
+                                                 "unlogged": overhead_stats.percentiles(off)},
+           "durability_lag_ms": {"interleaved": lag, "backlog_slope_ms_per_s": 0.1},
+           "verdict": overhead_stats.judge(added, lag, comp, overhead_stats.Limits()).as_dict(),
+           "completeness": comp, "method": {"added_latency": "interleaved A/B"}}
+    (bundle / "overhead_benchmark.json").write_text(json.dumps(doc))
+    overhead_stats.histogram_png(bundle / "overhead_histogram.png", on, off, rng.gamma(2, 4, 200))
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+CONFTEST = '''
+import json, os
+from pathlib import Path
+from types import SimpleNamespace
+from acceptance.plugin import PLUGIN_KEY
+pytest_plugins = ("evidence_writers.report",)
+
+def pytest_configure(config):
+    bundle = Path(os.environ["T_BUNDLE"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    config.stash[PLUGIN_KEY] = SimpleNamespace(manifest=manifest, ctx=SimpleNamespace(evidence_dir=bundle))
+'''
+
+
+def pytest_html_session(tmp_path: Path, bundle: Path) -> Path:
+    """A real pytest + pytest-html run with the report plugin; returns report.html (in the bundle)."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(CONFTEST)
+    (suite / "test_one.py").write_text("def test_one():\n    assert True\n")
+    out = bundle / "report.html"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "T_BUNDLE": str(bundle),
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), f"--html={out}", "--self-contained-html",
+                           "-p", "no:cacheprovider", "-q", "--rootdir", str(suite)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+# --- the rules, on the HTML the plugin renders -----------------------------------------------------------
+
+def test_all_six_passed_is_go_and_anything_less_is_no_go() -> None:
+    six = {c.id: "passed" for c in registry.CHECKS}
+    assert report.verdict(report.check_rows(manifest(six))) == "GO"
+    for cid in six:
+        assert report.verdict(report.check_rows(manifest({**six, cid: "failed"}))) == "NO-GO", cid
+    five = {k: v for k, v in six.items() if k != "overhead"}
+    rows = report.check_rows(manifest(five))
+    assert report.verdict(rows) == "NO-GO"
+    assert rows[-1].shown == "NOT RUN" and rows[-1].cause == "the check did not run"
+    assert report.check_rows(manifest({**six, "join_check": "skipped"}))[4].shown == "SKIPPED"
+
+
+def test_rows_link_every_artifact_of_their_check_relative_to_the_report(tmp_path: Path) -> None:
+    six = {c.id: "passed" for c in registry.CHECKS}
+    rows = report.check_rows(manifest(six))
+    assert rows[3].artifacts == ("requests_head.txt", "responses_head.txt")
+    assert rows[5].artifacts == ("overhead_benchmark.json", "overhead_histogram.png")
+    html = report.summary_html(rows, tmp_path / "evidence", tmp_path)
+    assert 'href="evidence/join_check.txt"' in html
+    html = report.summary_html(rows, tmp_path, tmp_path)
+    assert 'href="join_check.txt"' in html
+
+
+def test_causes_are_escaped_and_shown_only_for_failures() -> None:
+    six = {c.id: "passed" for c in registry.CHECKS}
+    m = manifest({**six, "chat_call": "failed"}, {"chat_call": "HTTP 500: <script>x</script>",
+                                                  "service_status": "stale cause"})
+    html = report.summary_html(report.check_rows(m), Path("/b"), Path("/b"))
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x" not in html
+    assert "stale cause" not in html
+
+
+# --- the page in Chromium --------------------------------------------------------------------------------
+
+chromium_only = pytest.mark.skipif(not chromium.available(), reason="no /usr/bin/chromium on this machine")
+
+
+@chromium_only
+@pytest.mark.parametrize("broken", [None, "gateway_db_connect"])
+def test_report_as_rendered_by_chromium(tmp_path: Path, broken: str | None) -> None:
+    outcomes = {c.id: "passed" for c in registry.CHECKS}
+    causes = {}
+    if broken:
+        outcomes[broken] = "failed"
+        causes[broken] = "journal: no 'database connection established' line since the unit started"
+    bundle = tmp_path / "evidence"
+    m = manifest(outcomes, causes)
+    write_bundle(bundle, m)
+    page = pytest_html_session(tmp_path, bundle)
+    seen = chromium.render(page, tmp_path, SELECTORS)
+    assert seen.screenshot.stat().st_size > 20_000
+    lay = seen.layout
+
+    verdict = "NO-GO" if broken else "GO"
+    (v,) = lay["verdict"]
+    assert v["visible"] and v["text"] == verdict
+    rows = lay["rows"]
+    assert [r["check"] for r in rows] == [c.id for c in registry.CHECKS]
+    for r in rows:
+        assert r["visible"], r
+        shown = "FAIL" if r["check"] == broken else "PASS"
+        assert f"\t{shown}\t" in r["text"], r["text"]
+    if broken:
+        (row,) = [r for r in rows if r["check"] == broken]
+        assert causes[broken] in row["text"]
+    # the summary opens the page: above pytest-html's environment table
+    assert lay["summary"][0]["top"] < min(e["top"] for e in lay["environment"])
+    # every link resolves to a file of the bundle
+    hrefs = [a["href"] for a in lay["links"]]
+    assert len(hrefs) == 8  # 1 + 1 + 1 + 2 + 1 + 2
+    for href in hrefs:
+        assert (page.parent / href).resolve().is_file(), href
+        assert (page.parent / href).resolve().parent == bundle.resolve()
+    # the histogram is inline and decodes
+    (img,) = lay["img"]
+    assert img["visible"] and img["natural"] > 500
+    assert 'src="data:image/png;base64,' in page.read_text()
+    # environment: run id, target, hosts, versions lock, git commit; nested values are text, not objects
+    env = "\n".join(e["text"] for e in lay["environment"])
+    for expected in ("20260101T000000Z-feedbeef", "gateway: 10.231.0.18", "litellm (gateway): 1.108.7",
+                     "PostgreSQL: 15.14", "db OS: error: ssh db: timed out", "c0ffee"):
+        assert expected in env
+    assert "[object Object]" not in env
+    sign = lay["signoff"][0]["text"]
+    assert f"verdict\t{verdict}" in sign and "run by\t" in sign and "@" in sign and "date\t20" in sign
