@@ -57,7 +57,7 @@ def write_bundle(evidence: Path, run_id: str, p95: float | None, **kw) -> None:
 def fake_producer(p95: float | None = 1.0, rc: int = 0, **kw) -> R.Producer:
     def produce(run: R.SuiteRun) -> int:
         run.log.write("fake suite: writing the bundle\n")
-        write_bundle(run.evidence_dir, f"fake{run.run_id[:8]}", p95, **kw)
+        write_bundle(run.evidence_dir, f"fake{run.run_id[-8:]}", p95, **kw)
         return rc
     return produce
 
@@ -85,7 +85,7 @@ FAKE_SUITE = textwrap.dedent("""
         time.sleep(0.05)
     sys.path.insert(0, spec["repo"])
     from tests.test_regression import write_bundle
-    write_bundle(evidence, "sub" + os.environ["POC1_RUN_ID"][:8], spec.get("p95", 1.0))
+    write_bundle(evidence, "sub" + os.environ["POC1_RUN_ID"][-8:], spec.get("p95", 1.0))
 """)
 
 DRIVER = textwrap.dedent("""

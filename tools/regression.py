@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -58,7 +59,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = REPO / "POC-1" / "runs"
 LOCK_NAME = ".lock"
 INCOMPLETE = trend_page.INCOMPLETE_MARKER
-RUN_FOLDER_RE = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[A-Za-z0-9_.-]+$")
+RUN_FOLDER_RE = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9_.-]+$")
+STARTED_NS = ".started_ns"  # orders runs that started within the same second (tests)
+CAUSE_CHARS = 200
 
 EXIT_GO, EXIT_NO_GO, EXIT_REGRESSION, EXIT_SETTINGS, EXIT_LOCKED = 0, 1, 3, 4, 75
 
@@ -199,6 +202,16 @@ def _write_synced(path: Path, text: str, mode: str = "w") -> None:
         os.fsync(fh.fileno())
 
 
+def _claim_for_the_suite(evidence: Path) -> None:
+    """Mark the fresh evidence dir as the suite's own: pytest-benchmark creates its JSON file there before
+    the bundle is prepared, and the suite refuses a non-empty directory that lacks its marker."""
+    try:
+        from evidence_writers.bundle import MARKER
+    except ImportError:
+        return
+    (evidence / MARKER).touch()
+
+
 # --------------------------------------------------------------------------------------------------
 # reading the bundle
 
@@ -246,11 +259,15 @@ def read_bundle(evidence_dir: Path, suite_rc: int, log_path: Path) -> BundleFact
         return BundleFacts(None, "NO-GO", {}, {}, None,
                            f"the suite wrote {what} (exit {suite_rc})" + (f": {tail}" if tail else ""))
     checks = {str(c.get("id")): str(c.get("outcome")) for c in m.get("checks") or []}
-    failed = [f"{c.get('id')}: {c.get('cause')}" for c in m.get("checks") or []
+    failed = [f"{c.get('id')}: {_clip(str(c.get('cause')))}" for c in m.get("checks") or []
               if c.get("outcome") not in ("passed",) and c.get("cause")]
     verdict = "GO" if m.get("verdict") == "GO" else "NO-GO"
     return BundleFacts(m.get("run_id"), verdict, checks, m.get("versions") or {}, m.get("versions_digest"),
                        "; ".join(failed) or None)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= CAUSE_CHARS else text[:CAUSE_CHARS - 3] + "..."
 
 
 def _last_line(path: Path) -> str:
@@ -265,10 +282,24 @@ def _last_line(path: Path) -> str:
 # retention
 
 
+def folder_name(run_id: str, started: datetime) -> str:
+    """``<UTC timestamp>-<run id>``; a run id that already starts with its UTC timestamp (the suite's do:
+    ``20260101T120000Z-1a2b3c4d``) is not prefixed a second time."""
+    return run_id if RUN_FOLDER_RE.match(run_id) else f"{started:%Y%m%dT%H%M%SZ}-{run_id}"
+
+
+def _started_ns(folder: Path) -> int:
+    try:
+        return int((folder / STARTED_NS).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
 def run_folders(runs_dir: Path) -> list[Path]:
-    """Run folders, oldest first (their names start with a UTC timestamp)."""
-    return sorted((p for p in runs_dir.iterdir() if p.is_dir() and RUN_FOLDER_RE.match(p.name)),
-                  key=lambda p: p.name)
+    """Run folders, oldest first: by the UTC timestamp their names start with (runs never overlap, so any
+    timestamp taken during a run orders them), ties broken by the start time in nanoseconds."""
+    found = [p for p in runs_dir.iterdir() if p.is_dir() and RUN_FOLDER_RE.match(p.name)]
+    return sorted(found, key=lambda p: (p.name[:16], _started_ns(p), p.name))
 
 
 def prune(runs_dir: Path, history: list[RunRecord], keep: int, current: str) -> list[str]:
@@ -320,14 +351,15 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         for s in previous_handlers:
             signal.signal(s, on_signal)
         started = datetime.now(timezone.utc)
-        run_id = uuid.uuid4().hex[:12]
-        stamp = f"{started:%Y%m%dT%H%M%S}.{started.microsecond // 1000:03d}Z"  # sorts in time order
-        folder = runs_dir / f"{stamp}-{run_id}"
+        run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"  # the suite's run-id shape
+        folder = runs_dir / folder_name(run_id, started)
         folder.mkdir()
         _write_synced(folder / INCOMPLETE,
                       f"started {started:%Y-%m-%dT%H:%M:%SZ} pid {os.getpid()} target {settings.hosts}\n")
+        (folder / STARTED_NS).write_text(f"{time.time_ns()}\n")
         evidence = folder / "evidence"
         evidence.mkdir()
+        _claim_for_the_suite(evidence)
         log_path = folder / "suite.log"
         with open(log_path, "w", encoding="utf-8") as log:
             rc = producer(SuiteRun(settings.hosts, run_id, evidence, log, settings.suite_timeout_s,
@@ -335,10 +367,11 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         facts = read_bundle(evidence, rc, log_path)
         record = _judge(settings, pinned, folder, started, run_id, facts, rc)
         if facts.run_id and facts.run_id != run_id and re.fullmatch(r"[A-Za-z0-9_.-]+", facts.run_id):
-            renamed = runs_dir / f"{stamp}-{facts.run_id}"
-            folder.rename(renamed)
-            folder = renamed
-            record.folder = folder.name
+            renamed = runs_dir / folder_name(facts.run_id, started)
+            if not renamed.exists():
+                folder.rename(renamed)
+                folder = renamed
+                record.folder = folder.name
         _write_synced(folder / "regression.json", json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
         # the commit: history line + marker removal, with termination signals held off until both are done
         held = signal.pthread_sigmask(signal.SIG_BLOCK, set(previous_handlers))
