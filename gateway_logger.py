@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -1100,6 +1101,40 @@ def _flush_at_exit() -> None:
             say(f"flush at exit failed: {type(exc).__name__}: {exc}")
 
 
+_chained_signals: dict[int, Any] = {}
+
+
+def _flush_on_signal(signum: int, frame: Any) -> None:
+    """Flush (bounded by the shutdown timeout), then hand the signal to whoever had it before.
+
+    Needed because uvicorn, after its graceful shutdown, restores the default SIGTERM disposition and
+    re-raises the signal: the process then dies without running atexit. Rows of calls that finish
+    after this point go straight to the spool.
+    """
+    say(f"signal {signal.Signals(signum).name}: flushing {sum(w.queue.qsize() for w in _WRITERS)} queued row(s)")
+    _flush_at_exit()
+    previous = _chained_signals.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
+def _install_signal_flush() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(signum)
+        if current is _flush_on_signal or current == signal.SIG_IGN:
+            continue
+        try:
+            signal.signal(signum, _flush_on_signal)
+        except (ValueError, OSError):
+            continue
+        _chained_signals[signum] = current
+
+
 class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
     """Captures each call on LiteLLM's loop and hands it to the writer thread."""
 
@@ -1127,6 +1162,8 @@ class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
                     f"{self.settings.spool_max_rows} rows)")
                 self._writer = Writer(self.settings, self.stats, self._db_url).start()
                 _WRITERS.append(self._writer)
+                if "litellm.proxy.proxy_server" in sys.modules:
+                    _install_signal_flush()
                 if self.settings.metrics_port:
                     serve_metrics(self.stats, int(self.settings.metrics_port))
             return self._writer

@@ -1,0 +1,294 @@
+"""PostgreSQL away (stopped, frozen) while the gateway logs: answers stay fast, rows wait, none are lost.
+
+Writer level: the queue overflows into the on-disk spool and is replayed; past the stated bound rows
+are dropped *and counted*; one bad row does not take its batch down; a replay does not duplicate; exit
+flushes. Gateway level: a steady stream of >= 20 req/s through a real proxy while its PostgreSQL is
+stopped, then frozen (SIGSTOP), for 15 s each; every answer 200, p95 as before, every row there after.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+import db_init
+import gateway_logger
+from tests.support.gateway import Gateway, litellm_call, logged_rows, wait_for_rows
+from tests.support.pgserver import PgServer
+
+OUTAGE_S = 15.0
+RATE = 25.0  # requests per second, open loop
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[PgServer]:
+    """A cluster of this module's own: its tests stop and freeze it."""
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture()
+def log_db(own_pg: PgServer) -> str:
+    url = own_pg.create_database(f"out_{uuid.uuid4().hex[:8]}")
+    db_init.create(url)
+    return url
+
+
+@pytest.fixture()
+def writers() -> Iterator[Callable[..., gateway_logger.Writer]]:
+    """Writers with small bounds; all stopped at the end of the test."""
+    made: list[gateway_logger.Writer] = []
+
+    def make(url: str, spool_dir: Path, **settings: object) -> gateway_logger.Writer:
+        base = dict(queue_max=5, batch_max=5, flush_interval_ms=20, spool_dir=str(spool_dir), spool_max_rows=1000,
+                    write_timeout_s=3.0, shutdown_timeout_s=5.0, metrics_port=None)
+        base.update(settings)
+        w = gateway_logger.Writer(gateway_logger.Settings(**base), url=url).start()
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop(timeout=5)
+
+
+def _ids(n: int) -> list[str]:
+    return [f"t-{uuid.uuid4()}" for _ in range(n)]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _spooled_ids(spool_dir: Path) -> list[str]:
+    return [json.loads(line)["request"]["request_id"]
+            for f in sorted(spool_dir.glob("spool-*.jsonl")) for line in f.read_text().splitlines() if line]
+
+
+# --------------------------------------------------------------------------------------------------
+# writer level
+
+
+def test_queue_overflows_to_spool_and_is_replayed(own_pg: PgServer, log_db: str, tmp_path: Path, writers,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    own_pg.stop()
+    try:
+        w = writers(log_db, tmp_path)
+        assert _wait(lambda: "database connection lost" in capfd.readouterr().err, 15)
+        ids = _ids(60)
+        for i in ids:
+            w.submit(gateway_logger.capture(litellm_call(i), failed=False))
+        snap = w.stats.snapshot()
+        assert snap["rows_dropped"] == 0
+        assert snap["rows_spooled"] >= 60 - 5 - 5  # queue max + batch in flight stay in memory
+        assert snap["rows_spooled"] + snap["queue_depth"] + snap["in_flight"] == 60
+        assert len(_spooled_ids(tmp_path)) == snap["rows_spooled"]
+    finally:
+        own_pg.restart()
+    assert w.flush(30), w.stats.snapshot()
+    rows = logged_rows(log_db, ids)
+    assert sorted(rows) == sorted(ids) and all(len(r["responses"]) == 1 for r in rows.values())
+    assert _spooled_ids(tmp_path) == []
+    assert w.stats.snapshot()["rows_replayed"] == snap["rows_spooled"]
+    assert "database connection established:" in capfd.readouterr().err
+
+
+def test_rows_past_the_bound_are_dropped_counted_and_said(own_pg: PgServer, log_db: str, tmp_path: Path,
+                                                          writers, capfd: pytest.CaptureFixture[str]) -> None:
+    own_pg.stop()
+    try:
+        w = writers(log_db, tmp_path, spool_max_rows=10)
+        assert _wait(lambda: "database connection lost" in capfd.readouterr().err, 15)
+        ids = _ids(40)
+        for i in ids:
+            w.submit(gateway_logger.capture(litellm_call(i), failed=False))
+        snap = w.stats.snapshot()
+        assert snap["rows_spooled"] == 10
+        kept = snap["queue_depth"] + snap["in_flight"] + snap["rows_spooled"]
+        assert snap["rows_dropped"] == 40 - kept and snap["rows_dropped"] >= 40 - 5 - 5 - 10
+        assert "gateway_logger: rows dropped:" in capfd.readouterr().err
+    finally:
+        own_pg.restart()
+    assert w.flush(30)
+    assert len(logged_rows(log_db, ids)) == 40 - snap["rows_dropped"]  # exactly the kept ones, no more
+
+
+def test_bad_row_does_not_take_its_batch_down(log_db: str, tmp_path: Path, writers) -> None:
+    w = writers(log_db, tmp_path, queue_max=100, batch_max=10, flush_interval_ms=1000)
+    ids = _ids(10)
+    bad = gateway_logger.normalize(gateway_logger.capture(litellm_call(ids[3]), failed=False))
+    bad["response"]["latency_ms"] = 2**40  # integer out of range: the server rejects this row only
+    for n, i in enumerate(ids):
+        if n == 3:
+            w.submit(bad, normalized=True)
+        else:
+            w.submit(gateway_logger.capture(litellm_call(i, "nul\x00" if n == 5 else "fine"), failed=False))
+    assert w.flush(15)
+    rows = logged_rows(log_db, ids)
+    assert sorted(rows) == sorted(ids)
+    assert rows[ids[3]]["payload"]["gateway_logger"].startswith("document not storable")
+    assert rows[ids[5]]["payload"]["messages"][0]["content"] == "nul\ufffd"
+    assert all(rows[i]["payload"]["messages"][0]["content"] == "fine" for n, i in enumerate(ids) if n not in (3, 5))
+    snap = w.stats.snapshot()
+    assert (snap["rows_degraded"], snap["rows_dropped"], snap["rows_written"]) == (1, 0, 10)
+
+
+def test_replay_does_not_duplicate(log_db: str, tmp_path: Path, writers) -> None:
+    w = writers(log_db, tmp_path, queue_max=100, batch_max=50)
+    ids = _ids(20)
+    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i), failed=False)) for i in ids]
+    for r in records + records:
+        w.submit(r, normalized=True)
+    assert w.flush(15)
+    rows = logged_rows(log_db, ids)
+    assert len(rows) == 20 and all(len(r["responses"]) == 1 for r in rows.values())
+    assert w.stats.snapshot()["rows_duplicate"] == 20
+
+
+def test_stop_flushes_what_was_queued(log_db: str, tmp_path: Path, writers) -> None:
+    w = writers(log_db, tmp_path, queue_max=1000, batch_max=100, flush_interval_ms=2000)
+    ids = _ids(300)
+    for i in ids:
+        w.submit(gateway_logger.capture(litellm_call(i), failed=False))
+    w.stop()
+    assert len(logged_rows(log_db, ids)) == 300
+    assert _spooled_ids(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# gateway level
+
+
+@dataclass
+class Sample:
+    sent: float
+    latency: float
+    status: int
+    call_id: str | None
+
+
+async def _stream(gw: Gateway, rate: float, seconds: float) -> list[Sample]:
+    samples: list[Sample] = []
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async def one(n: int) -> None:
+            sent = time.monotonic()
+            try:
+                r = await client.post(f"{gw.url}/v1/chat/completions", headers=gw.headers, json={
+                    "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"steady {n}"}]})
+                samples.append(Sample(sent, time.monotonic() - sent, r.status_code,
+                                      r.headers.get("x-litellm-call-id")))
+            except httpx.HTTPError:
+                samples.append(Sample(sent, time.monotonic() - sent, 0, None))
+
+        start, tasks, n = time.monotonic(), [], 0
+        while (now := time.monotonic()) - start < seconds:
+            tasks.append(asyncio.create_task(one(n)))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        await asyncio.gather(*tasks)
+    return samples
+
+
+def _p95(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=20)[-1]
+
+
+@pytest.fixture(scope="module")
+def outage_gateway(own_pg: PgServer) -> Iterator[tuple[Gateway, str]]:
+    url = own_pg.create_database("outage_gw")
+    db_init.create(url)
+    gw = Gateway(url, env={"POC1_LOGGER_WRITE_TIMEOUT_S": "3"}).start()
+    try:
+        with httpx.Client(timeout=30) as client:  # warm-up: a fresh proxy's first answers are slow
+            for n in range(30):
+                gw.chat(client, f"warm-up {n}")
+        yield gw, url
+    finally:
+        gw.cleanup()
+
+
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+def test_gateway_keeps_answering_while_postgres_is_away(outage: str, own_pg: PgServer,
+                                                        outage_gateway: tuple[Gateway, str],
+                                                        record_property) -> None:
+    gw, url = outage_gateway
+    before_s, after_s = 4.0, 3.0
+    log_mark = len(gw.log_text())
+    result: list[Sample] = []
+    runner = threading.Thread(target=lambda: result.extend(asyncio.run(
+        _stream(gw, RATE, before_s + OUTAGE_S + after_s))))
+    runner.start()
+    time.sleep(before_s)
+    t_away = time.monotonic()
+    own_pg.stop() if outage == "stopped" else own_pg.freeze()
+    try:
+        time.sleep(OUTAGE_S - (time.monotonic() - t_away))
+    finally:
+        own_pg.restart() if outage == "stopped" else own_pg.thaw()
+    t_back = time.monotonic()
+    runner.join(60)
+    assert not runner.is_alive()
+
+    statuses = [s.status for s in result]
+    assert len(result) >= RATE * (before_s + OUTAGE_S + after_s) * 0.95
+    assert statuses.count(200) == len(result), f"non-200 answers: {[s for s in statuses if s != 200][:5]}"
+    before = [s.latency for s in result if s.sent < t_away]
+    during = [s.latency for s in result if t_away <= s.sent < t_back]
+    p95_before, p95_during = _p95(before), _p95(during)
+    record_property(f"{outage}_p95_before_ms", round(p95_before * 1000, 1))
+    record_property(f"{outage}_p95_during_ms", round(p95_during * 1000, 1))
+    print(f"\n{outage}: {len(result)} requests, p95 before {p95_before * 1000:.1f} ms, "
+          f"during {p95_during * 1000:.1f} ms")
+    assert p95_during <= 2 * p95_before + 0.05, (p95_before, p95_during)
+
+    ids = [s.call_id for s in result if s.call_id]
+    assert len(ids) == len(result)
+    rows = wait_for_rows(url, ids, timeout=60)
+    missing = [i for i in ids if len(rows.get(i, {}).get("responses", [])) != 1]
+    assert not missing, f"{len(missing)} of {len(ids)} requests have no rows after PostgreSQL came back"
+    journal = gw.log_text()[log_mark:]
+    assert "gateway_logger: database connection lost:" in journal
+    assert "gateway_logger: database connection restored:" in journal
+
+
+def test_sigterm_flushes_to_spool_and_the_spool_is_replayed(own_pg: PgServer, outage_gateway: tuple[Gateway, str],
+                                                            tmp_path: Path) -> None:
+    gw, url = outage_gateway
+    own_pg.stop()
+    try:
+        with httpx.Client(timeout=30) as client:
+            answers = [gw.chat(client, f"before exit {n}") for n in range(30)]
+        assert [a.status_code for a in answers] == [200] * 30
+        ids = [a.headers["x-litellm-call-id"] for a in answers]
+        time.sleep(1.0)  # callbacks run after the answer
+        assert gw.stop_proxy(signal.SIGTERM, timeout=30) is not None
+        assert set(ids) <= set(_spooled_ids(gw.spool_dir)), "exit did not put the waiting rows in the spool"
+    finally:
+        own_pg.restart()
+    w = gateway_logger.Writer(gateway_logger.Settings.from_env({}, spool_dir=str(gw.spool_dir), metrics_port=None),
+                              url=url).start()
+    try:
+        assert w.flush(30)
+    finally:
+        w.stop()
+    rows = logged_rows(url, ids)
+    assert len(rows) == 30 and all(len(r["responses"]) == 1 for r in rows.values())
