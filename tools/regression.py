@@ -271,11 +271,13 @@ def _clip(text: str) -> str:
 
 
 def _last_line(path: Path) -> str:
+    """The suite's last ERROR line (pytest's usage errors say what is wrong), else its last line."""
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return lines[-1][:300] if lines else ""
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    return _clip((errors or lines or [""])[-1])
 
 
 # --------------------------------------------------------------------------------------------------
