@@ -75,12 +75,25 @@ def ensure_lab() -> str | None:
     return None if rc == 0 else f"`python -m lab up` failed (exit {rc}); see its output above"
 
 
+def bench_scratch(evidence: Path) -> Path:
+    """Where pytest-benchmark writes its JSON during the run: not in the bundle, which the suite
+    empties at start (pytest-benchmark opens the file before that); moved in afterwards."""
+    return evidence.parent / f".{evidence.name}.{BENCH_JSON}.{os.getpid()}"
+
+
 def pytest_command(hosts: str, evidence: Path, extra: Sequence[str]) -> list[str]:
     """The suite with the sign-off outputs switched on (pytest.ini's defaults stay as they are)."""
     return [sys.executable, "-m", "pytest", "acceptance", f"--hosts={hosts}", f"--evidence-dir={evidence}",
             f"--html={evidence / REPORT}", "--self-contained-html", f"--junitxml={evidence / JUNIT}",
-            f"--benchmark-json={evidence / BENCH_JSON}", "--benchmark-autosave",
+            f"--benchmark-json={bench_scratch(evidence)}", "--benchmark-autosave",
             "-p", "no:cacheprovider", "-rfE", *extra]
+
+
+def collect_benchmark_json(evidence: Path) -> None:
+    scratch = bench_scratch(evidence)
+    if scratch.is_file() and scratch.stat().st_size and evidence.is_dir():
+        os.replace(scratch, evidence / BENCH_JSON)
+    scratch.unlink(missing_ok=True)
 
 
 @dataclass
@@ -162,8 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(cause)
             return EXIT_NOTHING
     started = time.time()
+    evidence.parent.mkdir(parents=True, exist_ok=True)
     rc = _run(pytest_command(args.hosts, evidence, [f"--inventory={args.inventory.resolve()}", *extra]),
               timeout=SUITE_TIMEOUT_S)
+    collect_benchmark_json(evidence)
     result = judge(evidence, not_before=started)
     if result.cause:
         say(f"{result.cause} (pytest exit {rc}); verdict NO-GO")
