@@ -85,7 +85,8 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
     tp_samples: list[probe.Sample] = []
     with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT, trust_env=False,
                       limits=httpx.Limits(max_connections=plan.concurrency)) as client:
-        ab = probe.Interleaved(client, run.run_id, plan.pairs, plan.warmup)
+        caller = probe.Caller(client, run.run_id, str(target.vars.get("chat_model", probe.MODEL)))
+        ab = probe.Interleaved(caller, plan.pairs, plan.warmup)
         try:
             pairs = probe.run_interleaved(ab, plan, benchmark)
         except probe.UnusableGateway as exc:
@@ -93,7 +94,7 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
             doc.data.update(error=cause, samples=probe.sample_rows(ab.samples))
             raise CheckFailure(cause) from None
         if all(a.ok and b.ok for a, b in pairs):
-            tp_blocks, tp_samples = probe.throughput_blocks(client, run.run_id, plan.block, plan.concurrency)
+            tp_blocks, tp_samples = probe.throughput_blocks(caller, plan.block, plan.concurrency)
         else:
             doc["throughput_note"] = "not measured: some interleaved requests failed"
 

@@ -49,15 +49,6 @@ class Sample:
         return self.status == 200 and self.call_id is not None
 
 
-def chat_body(run_id: str, phase: str, seq: int, arm: str) -> dict[str, Any]:
-    """The runbook's request, tagged with the run; ``"no-log": true`` makes LiteLLM skip the callbacks."""
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": 16,
-                            "messages": [{"role": "user", "content": f"overhead probe {run_id} {phase} {seq}"}]}
-    if arm == "unlogged":
-        body["no-log"] = True
-    return body
-
-
 def _header_ms(headers: httpx.Headers, name: str) -> float | None:
     try:
         return float(headers[name])
@@ -65,23 +56,38 @@ def _header_ms(headers: httpx.Headers, name: str) -> float | None:
         return None
 
 
-def send(client: httpx.Client, arm: str, phase: str, seq: int, run_id: str) -> Sample:
-    """One chat call, timed from just before the request to the last byte of the answer."""
-    body = chat_body(run_id, phase, seq, arm)
-    start = time.perf_counter()
-    try:
-        resp = client.post(CHAT_PATH, json=body)
-        resp.read()
-    except httpx.HTTPError as exc:
-        end = time.perf_counter()
-        return Sample(arm, phase, seq, 0, (end - start) * 1000.0, time.time(), None, None, None,
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    end = time.perf_counter()
-    end_epoch = time.time()
-    return Sample(arm, phase, seq, resp.status_code, (end - start) * 1000.0, end_epoch,
-                  resp.headers.get("x-litellm-call-id"), _header_ms(resp.headers, HEADER_OVERHEAD),
-                  _header_ms(resp.headers, HEADER_CALLBACK),
-                  None if resp.status_code == 200 else f"HTTP {resp.status_code}")
+@dataclass
+class Caller:
+    """Sends the runbook's chat call, tagged with the run, to one gateway over one client."""
+
+    client: httpx.Client
+    run_id: str
+    model: str = MODEL
+
+    def body(self, arm: str, phase: str, seq: int) -> dict[str, Any]:
+        """``"no-log": true`` makes LiteLLM skip the logging callbacks for that one call."""
+        body: dict[str, Any] = {"model": self.model, "max_tokens": 16, "messages": [
+            {"role": "user", "content": f"overhead probe {self.run_id} {phase} {seq}"}]}
+        if arm == "unlogged":
+            body["no-log"] = True
+        return body
+
+    def send(self, arm: str, phase: str, seq: int) -> Sample:
+        """One chat call, timed from just before the request to the last byte of the answer."""
+        body = self.body(arm, phase, seq)
+        start = time.perf_counter()
+        try:
+            resp = self.client.post(CHAT_PATH, json=body)
+            resp.read()
+        except httpx.HTTPError as exc:
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            return Sample(arm, phase, seq, 0, (time.perf_counter() - start) * 1000.0, time.time(), None, None,
+                          None, f"{type(exc).__name__}: {text}")
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Sample(arm, phase, seq, resp.status_code, latency_ms, time.time(),
+                      resp.headers.get("x-litellm-call-id"), _header_ms(resp.headers, HEADER_OVERHEAD),
+                      _header_ms(resp.headers, HEADER_CALLBACK),
+                      None if resp.status_code == 200 else f"HTTP {resp.status_code}")
 
 
 class UnusableGateway(RuntimeError):
@@ -107,8 +113,8 @@ class Interleaved:
     is paired with the k-th measured unlogged one for the paired bootstrap.
     """
 
-    def __init__(self, client: httpx.Client, run_id: str, pairs: int, warmup: int, seed: int = 6) -> None:
-        self.client, self.run_id, self.warmup = client, run_id, warmup
+    def __init__(self, caller: Caller, pairs: int, warmup: int, seed: int = 6) -> None:
+        self.caller, self.warmup = caller, warmup
         rng = random.Random(seed)
         head, body = ["logged", "unlogged"] * warmup, ["logged", "unlogged"] * pairs
         rng.shuffle(head)
@@ -128,7 +134,7 @@ class Interleaved:
         self._done = 0
 
     def _send(self, arm: str) -> Sample:
-        sample = send(self.client, arm, "ab", len(self.samples), self.run_id)
+        sample = self.caller.send(arm, "ab", len(self.samples))
         self.samples.append(sample)
         recent = self.samples[-MAX_FAILURES_IN_A_ROW:]
         if len(recent) == MAX_FAILURES_IN_A_ROW and not any(s.ok for s in recent):
@@ -160,7 +166,7 @@ class Interleaved:
         return list(zip(lo, un))
 
 
-def throughput_blocks(client: httpx.Client, run_id: str, block: int, concurrency: int,
+def throughput_blocks(caller: Caller, block: int, concurrency: int,
                       order: Sequence[str] = ("logged", "unlogged", "unlogged", "logged"),
                       ) -> tuple[list[dict[str, Any]], list[Sample]]:
     """Blocks of ``block`` requests all logged or all unlogged, ``concurrency`` at a time, in ABBA order
@@ -170,8 +176,7 @@ def throughput_blocks(client: httpx.Client, run_id: str, block: int, concurrency
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="overhead") as pool:
         for b, arm in enumerate(order):
             start = time.perf_counter()
-            got = list(pool.map(lambda i, arm=arm, b=b: send(client, arm, "tp", b * block + i, run_id),
-                                range(block)))
+            got = list(pool.map(lambda i, arm=arm, b=b: caller.send(arm, "tp", b * block + i), range(block)))
             wall = time.perf_counter() - start
             blocks.append({"arm": arm, "requests": block, "concurrency": concurrency, "wall_s": round(wall, 4),
                            "ok": sum(s.ok for s in got)})

@@ -102,3 +102,49 @@ def test_histogram_is_a_png_with_both_panels(tmp_path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width = int.from_bytes(data[16:20], "big")
     assert width == 12 * 90  # two panels at 90 dpi
+
+
+# --- the interleaving schedule (no gateway: a caller that records what it was asked to send) --------------
+
+from acceptance import overhead_probe as probe  # noqa: E402
+
+
+class RecordingCaller(probe.Caller):
+    def __init__(self, fail_from: int | None = None) -> None:
+        super().__init__(client=None, run_id="r")  # type: ignore[arg-type]
+        self.sent: list[str] = []
+        self.fail_from = fail_from
+
+    def send(self, arm: str, phase: str, seq: int) -> probe.Sample:
+        self.sent.append(arm)
+        failed = self.fail_from is not None and len(self.sent) > self.fail_from
+        return probe.Sample(arm, phase, seq, 0 if failed else 200, 1.0, 0.0, None if failed else f"id{seq}",
+                            None, None, "ConnectError: refused" if failed else None)
+
+
+class DisabledBenchmark:
+    """pytest-benchmark with --benchmark-disable: pedantic runs setup + target once."""
+
+    def pedantic(self, target, setup, rounds, warmup_rounds, iterations):  # noqa: ANN001
+        setup()
+        target()
+
+
+def test_interleaving_is_balanced_and_the_follower_of_a_logged_call_is_either_arm() -> None:
+    caller = RecordingCaller()
+    ab = probe.Interleaved(caller, pairs=200, warmup=20)
+    pairs = probe.run_interleaved(ab, probe.Plan(pairs=200, warmup=20), DisabledBenchmark())
+    assert caller.sent.count("logged") == caller.sent.count("unlogged") == 220
+    assert len(pairs) == 200 and all(a.arm == "logged" and b.arm == "unlogged" for a, b in pairs)
+    assert pairs[0][0].seq >= 20 and pairs[0][1].seq >= 20  # warm-up dropped from both arms
+    followers = [caller.sent[i + 1] for i, arm in enumerate(caller.sent[:-1]) if arm == "logged"]
+    share = followers.count("unlogged") / len(followers)
+    assert 0.4 < share < 0.6, share  # strict pairs would give 0.75
+
+
+def test_a_gateway_that_stops_answering_ends_the_measurement_early() -> None:
+    caller = RecordingCaller(fail_from=30)
+    ab = probe.Interleaved(caller, pairs=200, warmup=20)
+    with pytest.raises(probe.UnusableGateway, match="5 requests in a row failed .*ConnectError"):
+        probe.run_interleaved(ab, probe.Plan(pairs=200, warmup=20))
+    assert len(caller.sent) == 35
