@@ -203,6 +203,22 @@ def test_two_scheduled_runs_make_two_folders_two_lines_and_a_page_showing_both(t
     assert dom.count('class="run"') == 2  # one plotted point per run
 
 
+def test_plot_keeps_every_point_inside_its_frame_even_negative_or_over_the_limit(tmp_path: Path) -> None:
+    import re
+
+    from tools import trend_page
+
+    runs = tmp_path / "runs"
+    for p95 in (-0.8, 0.3, 7.5):  # added latency can be negative; 7.5 ms is over the 5 ms limit
+        quiet_run(settings(runs), fake_producer(p95=p95))
+    svg = trend_page.overhead_svg(read_history(runs / "history.jsonl"))
+    frame = re.search(r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)"', svg)
+    top, height = float(frame.group(1)), float(frame.group(2))
+    ys = [float(v) for v in re.findall(r'<circle class="run"[^>]* cy="([-\d.]+)"', svg)]
+    assert len(ys) == 3 and all(top <= v <= top + height for v in ys), (ys, top, height)
+    assert ys[0] > ys[1] > ys[2]  # higher overhead is drawn higher up
+
+
 def test_injected_overhead_regression_is_flagged_and_exits_nonzero(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     base = quiet_run(settings(runs), fake_producer(p95=1.2))

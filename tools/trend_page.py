@@ -67,6 +67,8 @@ def overhead_svg(records: list[RunRecord]) -> str:
     values = [r.overhead.p95_ms for r in records if r.overhead.p95_ms is not None]
     bases = [r.baseline.p95_ms for r in records if r.baseline and r.baseline.p95_ms is not None]
     top = _nice_top(max(values + bases + [ACCEPTANCE_P95_MS]) * 1.1)
+    low = min(values + bases + [0.0])  # the added latency can be negative (logging on was faster)
+    bottom = -_nice_top(-low * 1.1) if low < 0 else 0.0
     n = len(records)
     pw, ph = _W - _L - _R, _H - _T - _B
 
@@ -74,15 +76,17 @@ def overhead_svg(records: list[RunRecord]) -> str:
         return _L + (pw / 2 if n == 1 else pw * i / (n - 1))
 
     def y(v: float) -> float:
-        return _T + ph * (1 - v / top)
+        return _T + ph * (top - v) / (top - bottom)
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="overhead-plot" width="{_W}" height="{_H}" '
              f'viewBox="0 0 {_W} {_H}" role="img" aria-label="overhead p95 per run">',
              f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e7ee"/>']
     for k in range(5):
-        v = top * k / 4
+        v = bottom + (top - bottom) * k / 4
         parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eef1f5"/>'
                      f'<text x="{_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+    if bottom < 0:
+        parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#8a94a6"/>')
     parts.append(f'<text x="14" y="{_T + ph / 2}" transform="rotate(-90 14 {_T + ph / 2})" '
                  f'text-anchor="middle">overhead p95 (ms)</text>')
     parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(ACCEPTANCE_P95_MS):.1f}" y2="{y(ACCEPTANCE_P95_MS):.1f}" '
