@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import shlex
 import subprocess
 from collections.abc import Sequence
 
@@ -42,7 +41,3 @@ def systemctl(host: str, *args: str, check: bool = False, timeout: float = 60) -
 def set_link(host: str, up: bool) -> None:  # noqa: A002 (mirrors `ip link set up`)
     """Cut or restore a host's link to the lab network (runner side of its veth)."""
     network.set_link(_host(host), up)
-
-
-def quote(cmd: Sequence[str]) -> str:
-    return shlex.join(cmd)

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"lab {args.command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. a full disk while writing a rootfs: still one line
+        print(f"lab {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lab {args.command}: interrupted", file=sys.stderr)
         return 130

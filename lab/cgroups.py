@@ -26,11 +26,12 @@ def pids(name: str) -> set[int]:
     """Every process still inside cgroup ``name`` (any depth, any hierarchy)."""
     found: set[int] = set()
     for d in dirs(name):
-        for procs in d.rglob("cgroup.procs"):
-            try:
-                found.update(int(p) for p in procs.read_text().split())
-            except OSError:
-                pass
+        for here, _, files in os.walk(d):  # os.walk skips directories that vanish meanwhile
+            if "cgroup.procs" in files:
+                try:
+                    found.update(int(p) for p in Path(here, "cgroup.procs").read_text().split())
+                except OSError:
+                    pass
     return found
 
 
@@ -40,13 +41,11 @@ def remove(name: str) -> list[str]:
     for d in dirs(name):
         if not d.exists():
             continue
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for here, _, _ in sorted(os.walk(d), key=lambda w: w[0].count("/"), reverse=True):
             try:
-                os.rmdir(sub)
+                os.rmdir(here)
             except OSError:
                 pass
-        try:
-            os.rmdir(d)
-        except OSError as exc:
-            left.append(f"{d}: {exc.strerror}")
+        if d.exists():
+            left.append(f"{d} (still has processes)")
     return left

@@ -12,8 +12,13 @@ from lab import layout
 from lab.errors import LabError
 
 
+TIMEOUT_ENV = "POC1_LAB_LOCK_TIMEOUT_S"  # how long to wait for another lab command (default 900 s)
+
+
 @contextmanager
-def held(timeout: float = 900) -> Iterator[None]:
+def held(timeout: float | None = None) -> Iterator[None]:
+    if timeout is None:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or 900)
     layout.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
