@@ -6,6 +6,7 @@ failures of `up`.
 """
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -220,6 +221,19 @@ def test_second_up_reuses_the_running_lab(local: LocalLab) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("lab: already up"), proc.stdout + proc.stderr
     assert {h: machine.nspawn_pid(layout.HOSTS[h]) for h in layout.HOSTS} == pids
     assert LocalLab.from_inventory().master_key == local.master_key
+
+
+@pytest.mark.lab
+def test_lock_keeps_a_second_command_out(embedded_lab: lab.LabDescription) -> None:
+    from lab import lock
+
+    with lock.held():
+        proc = subprocess.run([sys.executable, "-m", "lab", "down"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, lock.TIMEOUT_ENV: "2"})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"lab down: another lab command (pid {os.getpid()}) still holds ")
+    assert proc.stderr.count("\n") == 1
+    assert lab.is_up()
 
 
 @pytest.mark.lab

@@ -1,6 +1,9 @@
-"""`python -m lab down` leaves nothing behind. Runs last (file name) and leaves the lab down."""
+"""Last in the session (file name): `up` recovers from a killed run, then `down` leaves nothing behind.
+The lab stays down afterwards."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import lab
-from lab import cgroups, layout, machine, mounts
+from lab import cgroups, layout, machine, mounts, network
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +32,27 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_up_recovers_from_a_killed_run(embedded_lab: lab.LabDescription) -> None:
+    """A killed run leaves containers without their nspawn, the bridge and veths, /proc mounted in a
+    rootfs and a lock file naming a dead process: `up` must clean all that and bring up a fresh lab."""
+    old = {name: machine.nspawn_pid(host) for name, host in layout.HOSTS.items()}
+    assert all(old.values())
+    for pid in old.values():
+        os.kill(pid, signal.SIGKILL)  # the lab's own nspawns, by id; their containers go on running
+    subprocess.run(["mount", "-t", "proc", "poc1-stale-proc", str(layout.GATEWAY.root / "proc")], check=True)
+    layout.LOCK_FILE.write_text("999999\n")
+    assert network.link_exists(layout.BRIDGE) and cgroups.pids(layout.GATEWAY.cgroup)
+
+    proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "lab: up in" in proc.stdout  # rebuilt, not "already up"
+    new = {name: machine.nspawn_pid(host) for name, host in layout.HOSTS.items()}
+    assert all(new.values()) and not set(new.values()) & set(old.values())
+    assert sorted(mounts.under(layout.STATE_DIR)) == sorted(str(h.root) for h in layout.HOSTS.values())
+    assert lab.is_up()
 
 
 def test_down_leaves_no_process_link_mount_or_file(embedded_lab: lab.LabDescription) -> None:
