@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from lab import lifecycle
 from lab.errors import LabError
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,4 +39,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped `up` still tears its half-built lab down
     sys.exit(main())

@@ -10,7 +10,11 @@ from lab import layout
 
 
 def dirs(name: str) -> list[Path]:
-    return [root / name for root in layout.CGROUP_ROOTS if root.is_dir()]
+    """Cgroup ``name`` in each hierarchy: hybrid (name=systemd + unified) here, else the plain v2 tree."""
+    roots = [root for root in layout.CGROUP_ROOTS if root.is_dir()]
+    if not roots and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        roots = [Path("/sys/fs/cgroup")]
+    return [root / name for root in roots]
 
 
 def enter_prefix(name: str) -> str:

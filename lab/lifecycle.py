@@ -63,7 +63,7 @@ def _say(msg: str) -> None:
 def teardown() -> None:
     """Remove every trace of a lab (complete, half-built or left by a killed run); keeps the cache."""
     left: list[str] = []
-    for host in layout.HOSTS.values():
+    for host in (GATEWAY, DB):  # the gateway first: its logger flushes to the db host on the way down
         left += [f"{host.name}: process {p}" for p in machine.stop(host)]
     left += [f"link {n}" for n in network.remove()]
     for host in layout.HOSTS.values():

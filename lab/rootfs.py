@@ -62,7 +62,15 @@ def _download_wheels(errors: list[str]) -> None:
 
 
 def build(mirror: str) -> float:
-    """Build the base rootfs from scratch; returns the seconds it took."""
+    """Build the base rootfs from scratch; returns the seconds it took. A failed build leaves nothing."""
+    try:
+        return _build(mirror)
+    except BaseException:
+        discard_partial_build()
+        raise
+
+
+def _build(mirror: str) -> float:
     t0 = time.monotonic()
     discard_partial_build()
     for d in (layout.DEB_CACHE, layout.WHEEL_CACHE):
