@@ -263,6 +263,8 @@ LIMITS = {"request": _limits(Request), "response": _limits(Response)}
 
 def clean_text(s: str) -> str:
     """PostgreSQL rejects NUL in text and JSONB, and psycopg2 cannot encode lone surrogates."""
+    if s.isascii():
+        return s.replace("\x00", "\ufffd") if "\x00" in s else s
     if "\x00" in s:
         s = s.replace("\x00", "\ufffd")
     try:
@@ -636,6 +638,7 @@ class Writer:
         self._pending: list[dict[str, Any]] = []
         self._pending_queue_items = 0  # how many queue items _pending came from (for task_done)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by submit when a full batch waits, and by stop
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -667,6 +670,8 @@ class Writer:
         if not self._stop.is_set():
             try:
                 self.queue.put_nowait(item if not normalized else {"normalized": item})
+                if self.queue.qsize() >= self.settings.batch_max:
+                    self._wake.set()
                 return
             except queue.Full:
                 pass
@@ -687,6 +692,7 @@ class Writer:
         """Write what can be written in time, spool the rest, close. Safe to call more than once."""
         timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():  # stuck on a frozen server past the timeout: keep the rows on disk
@@ -754,25 +760,19 @@ class Writer:
             self.engine.dispose()
 
     def _collect(self, block: bool) -> None:
-        """Fill ``_pending`` from the queue: up to batch max, waiting at most the flush interval."""
-        interval = self.settings.flush_interval_ms / 1000.0
-        try:
-            first = self.queue.get(timeout=interval) if block else self.queue.get_nowait()
-        except queue.Empty:
-            return
-        items = [first]
-        deadline = time.monotonic() + interval
+        """Fill ``_pending`` from the queue (up to batch max).
+
+        The writer does not wake per row: it sleeps a flush interval (or until ``submit`` sees a full
+        batch waiting) and then drains. Waking per row would make it contend for the GIL with
+        LiteLLM's event loop on every request.
+        """
+        if block and self.queue.qsize() < self.settings.batch_max:
+            self._wake.wait(self.settings.flush_interval_ms / 1000.0)
+        self._wake.clear()
+        items: list[dict[str, Any]] = []
         while len(items) < self.settings.batch_max:
             try:
                 items.append(self.queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stop.is_set():
-                break
-            try:
-                items.append(self.queue.get(timeout=remaining))
             except queue.Empty:
                 break
         self._pending = [it["normalized"] if "normalized" in it else self._normalize(it) for it in items]
@@ -984,8 +984,9 @@ class Writer:
         stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
                 .returning(Request.id, Request.request_id))
         with self.engine.begin() as conn:
-            if self.settings.test_delay_ms:
-                time.sleep(self.settings.test_delay_ms / 1000.0)  # TEST ONLY (see module docstring)
+            if self.settings.test_delay_ms:  # TEST ONLY (see module docstring). Before the first statement,
+                # so the transaction (and created_at = now()) starts after it: the lag is visible in the rows.
+                time.sleep(self.settings.test_delay_ms / 1000.0)
             ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
             resp_params = [dict(first[rid]["response"], request_id_fk=pk) for rid, pk in ids.items()]
             if resp_params:

@@ -67,6 +67,7 @@ class Gateway:
 
     db_url: str
     env: dict[str, str] = field(default_factory=dict)  # extra env, e.g. POC1_LOGGER_* settings
+    config: Path = CONFIG
     port: int = field(default_factory=free_port)
     standin_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -111,8 +112,12 @@ class Gateway:
         return env
 
     def start_standin(self) -> None:
+        # TCP_NODELAY: the stand-in writes headers and body separately; with Nagle on, the body waits
+        # for the gateway's delayed ACK (~40 ms per call), which would swamp every latency figure.
+        launcher = ("import runpy, sys, socketserver; socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
+                    f"sys.argv = [{str(STANDIN)!r}] + sys.argv[1:]; runpy.run_path({str(STANDIN)!r}, run_name='__main__')")
         self.standin = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(self.standin_port)],
+            [sys.executable, "-c", launcher, "--host", "127.0.0.1", "--port", str(self.standin_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait_http(f"http://127.0.0.1:{self.standin_port}/health", self.standin, 15)
 
@@ -128,7 +133,7 @@ class Gateway:
             self.start_standin()
             with open(self.log_path, "ab") as log:
                 self.proxy = subprocess.Popen(
-                    [litellm_cli, "--config", str(CONFIG), "--host", "127.0.0.1", "--port", str(self.port),
+                    [litellm_cli, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port),
                      "--num_workers", "1"],
                     cwd=ROOT, env=self.proxy_env(), stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)
