@@ -90,7 +90,12 @@ def test_chat_call(target: Target, http: Lazy[httpx.Client], run: RunContext, ev
 
     cause = None
     if resp.status_code != 200:
-        cause = one_line(f"POST {url}: HTTP {resp.status_code}: {error_text(payload, raw)}")
+        message = error_text(payload, raw)
+        hint = ""
+        if resp.status_code in (401, 403) or (resp.status_code == 400 and "No connected db" in message):
+            # LiteLLM without its own key database answers a key other than the master key with 400
+            hint = f" (the gateway refused the key from {key_env}: is it the gateway's master key?)"
+        cause = one_line(f"POST {url}: HTTP {resp.status_code}: {message}{hint}")
     elif completion_text(payload) is None:
         cause = f"POST {url}: HTTP 200 but the body has no completion (choices[0].message.content)"
     elif not call_id:
