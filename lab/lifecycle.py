@@ -147,9 +147,9 @@ def _sync_code(values: dict[str, str]) -> list[str]:
     if not changed:
         return []
     machine.exec_(GATEWAY, ["systemctl", "daemon-reload"])
-    restart = [layout.GATEWAY_UNIT]
-    if any("standin" in path for path in changed):
-        restart.insert(0, layout.STANDIN_UNIT)
+    restart = [layout.STANDIN_UNIT] if any("standin" in path for path in changed) else []
+    if any("standin" not in path for path in changed):
+        restart.append(layout.GATEWAY_UNIT)
     machine.exec_(GATEWAY, ["systemctl", "restart", *restart], timeout=60)
     _wait_gateway(values)
     return changed
@@ -160,7 +160,11 @@ def up() -> LabDescription:
     prereqs.install_missing_tools()
     with lock.held():
         t0 = time.monotonic()
-        if is_up():
+        running = is_up()
+        if running and provision.SCHEMA_FILE in provision.differs(GATEWAY, provision.gateway_code()):
+            _say("db_init.py changed since this lab was built: building a fresh lab (fresh database)")
+            running = False
+        if running:
             changed = _sync_code(credentials.load())
             _say(f"already up{'; redeployed ' + ', '.join(changed) if changed else ''}")
             _print_addresses()

@@ -51,11 +51,14 @@ def _repo_file(rel: str) -> bytes:
     return path.read_bytes()
 
 
+SCHEMA_FILE = "/opt/litellm/db_init.py"
+
+
 def gateway_code() -> list[Placed]:
     """The repo's code and config as the runbook installs them (copied fresh on every lab-up)."""
     return [
         Placed("/etc/litellm/config.yaml", _repo_file("config.yaml")),
-        Placed("/opt/litellm/db_init.py", _repo_file("db_init.py")),
+        Placed(SCHEMA_FILE, _repo_file("db_init.py")),
         Placed("/opt/litellm/gateway_logger.py", _repo_file("gateway_logger.py")),
         Placed(f"/etc/systemd/system/{layout.GATEWAY_UNIT}.service", _repo_file("deploy/litellm-gateway.service")),
         Placed("/opt/standin-model/standin_model.py", _repo_file("lab/standin_model.py")),
@@ -72,17 +75,26 @@ def gateway_env(values: dict[str, str]) -> Placed:
     return Placed("/etc/litellm/litellm.env", text.encode(), 0o600)
 
 
-def place(host: Host, files: list[Placed]) -> list[str]:
-    """Write files into the host's root (from the runner); returns the paths whose content changed."""
-    changed = []
+def differs(host: Host, files: list[Placed]) -> list[str]:
+    """The paths whose content in the host's root is not ``files``'s."""
+    out = []
     for f in files:
         target = host.root / f.dest.lstrip("/")
-        if target.is_file() and target.read_bytes() == f.content:
+        if not (target.is_file() and target.read_bytes() == f.content):
+            out.append(f.dest)
+    return out
+
+
+def place(host: Host, files: list[Placed]) -> list[str]:
+    """Write files into the host's root (from the runner); returns the paths whose content changed."""
+    changed = differs(host, files)
+    for f in files:
+        if f.dest not in changed:
             continue
+        target = host.root / f.dest.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(f.content)
         target.chmod(f.mode)
-        changed.append(f.dest)
     return changed
 
 

@@ -197,8 +197,28 @@ def test_secrets_stay_in_root_only_files(local: LocalLab) -> None:
         assert value not in inventory
     rc, out, _ = local.run("gateway", "stat -c '%a %U' /etc/litellm/litellm.env")
     assert out.strip() == "600 root"
-    rc, out, _ = local.run("gateway", "cat /etc/litellm/config.yaml")
-    assert out == (REPO / "config.yaml").read_text()
+
+
+
+@pytest.mark.lab
+def test_gateway_runs_the_repos_code(local: LocalLab) -> None:
+    for path, rel in (("/etc/litellm/config.yaml", "config.yaml"), ("/opt/litellm/db_init.py", "db_init.py"),
+                      ("/opt/litellm/gateway_logger.py", "gateway_logger.py")):
+        assert local.run("gateway", f"cat {path}")[1] == (REPO / rel).read_text(), path
+
+
+@pytest.mark.lab
+def test_up_redeploys_code_that_differs_from_the_repo(local: LocalLab) -> None:
+    target = "/opt/standin-model/standin_model.py"
+    lab.exec("gateway", f"echo '# drift' >> {target}")
+    before = lab.systemctl("gateway", "show", "-p", "ExecMainPID", "standin-model")
+    proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"lab: already up; redeployed {target}\n")
+    assert local.run("gateway", f"cat {target}")[1] == (REPO / "lab/standin_model.py").read_text()
+    assert lab.systemctl("gateway", "show", "-p", "ExecMainPID", "standin-model") != before  # restarted
+    assert local.chat().status_code == 200
 
 
 @pytest.mark.lab
