@@ -17,12 +17,15 @@ start, or it wrote no manifest), with the reason on the last line.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +78,27 @@ def ensure_lab() -> str | None:
     return None if rc == 0 else f"`python -m lab up` failed (exit {rc}); see its output above"
 
 
+def lock_path(evidence: Path) -> Path:
+    """Outside the repository (no stray file for git) and outside the bundle (emptied at start)."""
+    digest = hashlib.sha256(str(evidence).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"poc1-validate-{digest}.lock"
+
+
+def lock_bundle(evidence: Path) -> int | None:
+    """An exclusive lock on the bundle for this run (two runs into one directory would mix their
+    files); None when another validate run holds it. Released by the kernel when we exit."""
+    path = lock_path(evidence)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}\n".encode())
+    return fd
+
+
 def bench_scratch(evidence: Path) -> Path:
     """Where pytest-benchmark writes its JSON during the run: not in the bundle, which the suite
     empties at start (pytest-benchmark opens the file before that); moved in afterwards."""
@@ -122,13 +146,14 @@ def judge(evidence: Path, not_before: float = 0.0) -> Judgement:
     return Judgement(report.verdict(rows), manifest.get("run_id"), failing)
 
 
-def leaked_secrets(evidence: Path, hosts: str, inventory: Path) -> list[str]:
+def leaked_secrets(evidence: Path, hosts: str, inventory: Path,
+                   environ: dict[str, str] | None = None) -> list[str]:
     """Files of the bundle (the report and JUnit XML included) holding a secret of the target."""
     from evidence_writers.redaction import Redactor
     from fixtures.inventory import InventoryError, load_target
 
     try:
-        secrets = load_target(inventory, hosts).secret_values()
+        secrets = load_target(inventory, hosts, environ).secret_values()
     except InventoryError:
         return []  # pytest refused the same inventory already, and wrote nothing
     redactor = Redactor(secrets)
@@ -169,13 +194,16 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parse(argv)
     evidence = args.evidence_dir.resolve()
+    evidence.parent.mkdir(parents=True, exist_ok=True)
+    if lock_bundle(evidence) is None:
+        say(f"another validate run is writing {evidence} (lock {lock_path(evidence)})")
+        return EXIT_NOTHING
     if args.hosts == EMBEDDED_GROUP and not args.no_lab_up:
         cause = ensure_lab()
         if cause:
             say(cause)
             return EXIT_NOTHING
     started = time.time()
-    evidence.parent.mkdir(parents=True, exist_ok=True)
     rc = _run(pytest_command(args.hosts, evidence, [f"--inventory={args.inventory.resolve()}", *extra]),
               timeout=SUITE_TIMEOUT_S)
     collect_benchmark_json(evidence)

@@ -1,0 +1,73 @@
+"""Check 6's failure path on the embedded lab: a delay injected into the logger's write path (the
+TEST-ONLY knob POC1_LOGGER_TEST_DELAY_MS, set in the gateway's environment file and the unit restarted)
+must make check 6 fail, and say why.
+
+The delay sleeps inside the writer thread's batch transaction, after the answer has gone out, so the
+client's latency does not see it: check 6 catches it through the durability lag (response end to the
+row's transaction start), which is one of its stated pass conditions. The healthy control is the GO run
+of tests/test_validate.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.acceptance_run import run_suite
+
+pytestmark = pytest.mark.lab
+
+ENV_FILE = "/etc/litellm/litellm.env"
+UNIT = "litellm-gateway"
+KNOB = "POC1_LOGGER_TEST_DELAY_MS"
+DELAY_MS = 300
+READY_TIMEOUT_S = 90
+
+
+def gateway_env_has_knob() -> int:
+    """How many times the running gateway process has the knob in its environment (0 or 1)."""
+    import lab
+
+    out = lab.exec("gateway", f"tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value {UNIT})/environ "
+                              f"| grep -c '^{KNOB}=' || true", timeout=30).stdout.strip()
+    return int(out or 0)
+
+
+def restart_gateway() -> None:
+    """Restart the unit and wait until the gateway answers a chat call again."""
+    import lab
+
+    lab.systemctl("gateway", "restart", UNIT, check=True, timeout=90)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not lab.is_up():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the gateway did not answer within {READY_TIMEOUT_S} s after a restart")
+        time.sleep(1)
+
+
+def test_injected_write_delay_makes_check_6_fail(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    import lab
+
+    lab.exec("gateway", f"sed -i '/^{KNOB}=/d' {ENV_FILE} && printf '{KNOB}={DELAY_MS}\\n' >> {ENV_FILE}")
+    try:
+        restart_gateway()
+        assert gateway_env_has_knob() == 1
+        run = run_suite(tmp_path / "evidence", "acceptance/check_overhead.py", "--overhead-pairs=60",
+                        timeout=180)
+    finally:
+        lab.exec("gateway", f"sed -i '/^{KNOB}=/d' {ENV_FILE}")
+        restart_gateway()
+    assert gateway_env_has_knob() == 0, "the delay knob is still set on the gateway after the undo"
+
+    assert run.rc == 1, run.stdout[-3000:]
+    check = run.check("overhead")
+    assert check["outcome"] == "failed"
+    assert check["cause"].startswith("durability lag p95 "), check["cause"]
+    doc = json.loads((run.evidence_dir / "overhead_benchmark.json").read_text())
+    lag = doc["durability_lag_ms"]["interleaved"]
+    assert lag["p95"] >= DELAY_MS, lag  # every row waited at least for the injected sleep
+    assert doc["completeness"]["logged_rows"] == doc["completeness"]["logged_ok"]  # slow, not lost
+    assert (run.evidence_dir / "overhead_histogram.png").is_file()
+    assert "overhead_histogram.png" in [a["path"] for a in run.manifest["artifacts"]]
