@@ -260,6 +260,7 @@ def test_healthy_lab_passes_and_the_bundle_is_true(embedded_lab, tmp_path: Path)
 def test_fault_fails_the_right_check_with_its_cause(embedded_lab, tmp_path: Path,  # noqa: ANN001
                                                     fault: Fault) -> None:
     assert set(fault.fails).isdisjoint(fault.passes)
+    healthy()  # start from a working lab (another `lab up` may have just restarted the gateway)
     inventory = None
     if fault.inventory_vars is not None:
         (tmp_path / "empty_known_hosts").write_text("")
@@ -289,9 +290,26 @@ def test_fault_fails_the_right_check_with_its_cause(embedded_lab, tmp_path: Path
         print(f"  {c['outcome']:7} {c['id']:19} {c['duration_s']:5.2f} s  {c['cause'] or ''}")
 
 
+def test_ssh_accept_new_trusts_on_first_use_and_records_the_key(embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
+    healthy()
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inventory = local_inventory(tmp_path, {"known_hosts_file": str(known)})
+    run = run_checks(tmp_path, inventory=inventory, extra=("--ssh-accept-new",))
+    assert_bundle_complete(run)
+    assert run.check("service_status")["outcome"] == "passed", run.check("service_status")
+    lines = known.read_text().splitlines()
+    assert any(ln.startswith("10.231.0.18 ssh-ed25519 ") for ln in lines), lines
+    # and the key it learned is the lab's real one
+    lab_keys = Path("/var/lib/poc1-lab/ssh/known_hosts").read_text()
+    learned = next(ln for ln in lines if ln.startswith("10.231.0.18 "))
+    assert learned.split()[2] in lab_keys
+
+
 def test_no_secret_value_in_any_artifact_or_report(embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
     """Every file of every run in this module (plus one run with an HTML and a JUnit report), and their
     terminal output, searched for every secret the run knew: the lab's, and the wrong ones we injected."""
+    healthy()
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
     run_checks(tmp_path,

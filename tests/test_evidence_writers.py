@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,53 @@ def test_manifest_keeps_the_contract_keys() -> None:
 def test_text_writer_appends_newline(redactor: Redactor, tmp_path: Path) -> None:
     TextWriter(redactor).write(tmp_path / "t.txt", "no newline")
     assert (tmp_path / "t.txt").read_text() == "no newline\n"
+
+
+# --- the whole suite against a target that is not there (loopback, closed ports; no lab needed) ---------
+
+def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_secret(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    import yaml
+
+    from tests.support.acceptance_run import run_suite
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    (tmp_path / "known_hosts").write_text("")
+    host = {"ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(key)}
+    inv = tmp_path / "inv.yml"
+    inv.write_text(yaml.safe_dump({"all": {"children": {"nowhere": {
+        "hosts": {"gateway": host, "db": host},
+        "vars": {"gateway_url": f"http://127.0.0.1:{port}", "gateway_service": "litellm-gateway",
+                 "db_port": port, "db_name": "litellm_db", "db_user": "litellm_user",
+                 "db_reader_user": "poc1_reader", "known_hosts_file": str(tmp_path / "known_hosts"),
+                 "master_key_env": "T_NOWHERE_MASTER", "db_reader_password_env": "T_NOWHERE_READER"}}}}}))
+    secrets = {"T_NOWHERE_MASTER": "sk-nowhere-" + os.urandom(16).hex(), "T_NOWHERE_READER": os.urandom(12).hex()}
+    evidence = tmp_path / "evidence"
+    five = [f"acceptance/check_{c}.py" for c in FIVE]
+    run = run_suite(evidence, *five, hosts="nowhere", inventory=inv, env=secrets, timeout=120)
+
+    assert run.rc == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.outcomes() == {c: "failed" for c in FIVE}
+    causes = {c["id"]: c["cause"] for c in run.manifest["checks"]}
+    assert "Connection refused" in causes["service_status"] and "ssh gateway (127.0.0.1" in causes["service_status"]
+    assert causes["db_rows"].startswith("no call to look for: chat_call failed")
+    assert all("\n" not in c for c in causes.values())
+    assert run.wall_s < 30 and "Traceback" not in run.stdout
+    assert verify_bundle(evidence) == []
+    assert run.manifest["verdict"] == "NO-GO"
+    names = {p.name for p in evidence.iterdir()}
+    assert {"service_status.txt", "gateway_db_connect.log", "chat_call.json", "requests_head.txt",
+            "responses_head.txt", "join_check.txt", "manifest.json"} <= names
+    for where, data in [(p.name, p.read_bytes()) for p in run.files()] + [("stdout", run.stdout.encode()),
+                                                                          ("stderr", run.stderr.encode())]:
+        for value in secrets.values():
+            assert value.encode() not in data, f"secret leaked into {where}"
+    chat = json.loads((evidence / "chat_call.json").read_text())
+    assert "${T_NOWHERE_MASTER}" in chat["curl"] and chat["request"]["headers"]["Authorization"] == "Bearer ***"
