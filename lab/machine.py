@@ -63,26 +63,32 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _argv(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def nspawn_pid(host: Host) -> int | None:
+    """The PID in the host's PID file, if that process is still our nspawn (not a reused PID)."""
     try:
         pid = int(host.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    if not _alive(pid):
+        return None
+    return pid if f"--machine={host.machine}".encode() in _argv(pid) else None
 
 
 def stray_nspawn_pids(host: Host) -> list[int]:
     """systemd-nspawn processes for this machine name that we have no PID file for (a killed run)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"systemd-nspawn") and f"--machine={host.machine}".encode() in argv:
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            argv = _argv(int(entry.name))
+            if argv and argv[0].endswith(b"systemd-nspawn") and f"--machine={host.machine}".encode() in argv:
+                found.append(int(entry.name))
     return found
 
 
