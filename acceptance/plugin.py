@@ -19,7 +19,6 @@ from acceptance import registry, versions
 from evidence_writers.bundle import EvidenceDirError
 from evidence_writers.manifest import CheckRecord, build_manifest
 from evidence_writers.redaction import SecretLeak
-from evidence_writers.writers import Document
 from fixtures.context import RUN_KEY, RunContext
 from fixtures.errors import CheckFailure, first_line, one_line
 from fixtures.inventory import InventoryError, load_target
