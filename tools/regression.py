@@ -202,16 +202,6 @@ def _write_synced(path: Path, text: str, mode: str = "w") -> None:
         os.fsync(fh.fileno())
 
 
-def _claim_for_the_suite(evidence: Path) -> None:
-    """Mark the fresh evidence dir as the suite's own: pytest-benchmark creates its JSON file there before
-    the bundle is prepared, and the suite refuses a non-empty directory that lacks its marker."""
-    try:
-        from evidence_writers.bundle import MARKER
-    except ImportError:
-        return
-    (evidence / MARKER).touch()
-
-
 # --------------------------------------------------------------------------------------------------
 # reading the bundle
 
@@ -361,7 +351,6 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         (folder / STARTED_NS).write_text(f"{time.time_ns()}\n")
         evidence = folder / "evidence"
         evidence.mkdir()
-        _claim_for_the_suite(evidence)
         log_path = folder / "suite.log"
         with open(log_path, "w", encoding="utf-8") as log:
             rc = producer(SuiteRun(settings.hosts, run_id, evidence, log, settings.suite_timeout_s,
