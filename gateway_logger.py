@@ -740,9 +740,8 @@ class Writer:
                         continue
                 self._collect(block=True)
                 continue
-            from_spool = segment is not None
             try:
-                self._write(self._pending, from_spool)
+                self._write(self._pending)
             except _Outage:
                 if segment is not None:  # the rows stay in their file; do not hold them twice
                     Spool.release(segment[1])
@@ -752,7 +751,7 @@ class Writer:
                 self.stats.add("rows_replayed", len(segment[2]))
                 self.spool.done(segment[0], segment[1], len(segment[2]))
                 segment = None
-            elif not from_spool:
+            else:
                 for _ in range(self._pending_queue_items):
                     self.queue.task_done()
             self._pending, self._pending_queue_items = [], 0
@@ -795,7 +794,7 @@ class Writer:
             if self._state != "up" and not self._probe():
                 break
             try:
-                self._write(self._pending, False)
+                self._write(self._pending)
             except _Outage:
                 break
             self._take_pending()
@@ -993,7 +992,7 @@ class Writer:
                 conn.execute(pg_insert(Response), resp_params)
         return len(ids), len(records) - len(ids)
 
-    def _write(self, records: list[dict[str, Any]], from_spool: bool) -> None:
+    def _write(self, records: list[dict[str, Any]]) -> None:
         """Write a batch; isolate bad rows; raise _Outage (rows kept) if the database is the problem."""
         self._arm()
         t0 = time.perf_counter()

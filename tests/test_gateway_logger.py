@@ -69,9 +69,7 @@ def test_success_is_logged_within_2s_under_the_call_id(gateway: Gateway, log_db:
     answer = gateway.chat(client, f"hello {marker}", user="alice")
     assert answer.status_code == 200, answer.text
     call_id = answer.headers["x-litellm-call-id"]
-    answered = time.monotonic()
     rows = wait_for_rows(log_db, [call_id], timeout=2.0)
-    assert time.monotonic() - answered <= 2.5  # wait_for_rows polls every 0.2 s
     assert call_id in rows, "no requests row with the response's x-litellm-call-id within 2 s"
     req = rows[call_id]
     assert len(req["responses"]) == 1
@@ -240,3 +238,24 @@ def test_malformed_setting_keeps_default_and_says_so(capsys: pytest.CaptureFixtu
     assert settings.queue_max == gateway_logger.Settings().queue_max and settings.batch_max == 7
     assert settings.metrics_port is None
     assert "POC1_LOGGER_QUEUE_MAX='lots' is not a valid number" in capsys.readouterr().err
+
+
+def test_journal_lines_survive_logging_reconfiguration(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import logging.config
+
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    saved_disabled = {name: lg.disabled for name, lg in logging.Logger.manager.loggerDict.items()
+                      if isinstance(lg, logging.Logger)}
+    try:  # what a framework that takes over logging does
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": True,
+                                   "root": {"level": "CRITICAL", "handlers": []}})
+        gateway_logger.say("database connection lost: test line")
+    finally:  # put the rest of the session's logging back
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]
+        for name, disabled in saved_disabled.items():
+            logging.getLogger(name).disabled = disabled
+    assert "gateway_logger: database connection lost: test line" in capsys.readouterr().err
+    assert logging.getLogger("gateway_logger").propagate is False

@@ -200,7 +200,7 @@ async def _stream(gw: Gateway, rate: float, seconds: float) -> list[Sample]:
                 samples.append(Sample(sent, time.monotonic() - sent, 0, None))
 
         start, tasks, n = time.monotonic(), [], 0
-        while (now := time.monotonic()) - start < seconds:
+        while time.monotonic() - start < seconds:
             tasks.append(asyncio.create_task(one(n)))
             n += 1
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
@@ -253,12 +253,16 @@ def test_gateway_keeps_answering_while_postgres_is_away(outage: str, own_pg: PgS
     assert statuses.count(200) == len(result), f"non-200 answers: {[s for s in statuses if s != 200][:5]}"
     before = [s.latency for s in result if s.sent < t_away]
     during = [s.latency for s in result if t_away <= s.sent < t_back]
-    p95_before, p95_during = _p95(before), _p95(during)
-    record_property(f"{outage}_p95_before_ms", round(p95_before * 1000, 1))
-    record_property(f"{outage}_p95_during_ms", round(p95_during * 1000, 1))
+    after = [s.latency for s in result if s.sent >= t_back]
+    p95_before, p95_during, p95_after = _p95(before), _p95(during), _p95(after)
+    for phase, value in (("before", p95_before), ("during", p95_during), ("after", p95_after)):
+        record_property(f"{outage}_p95_{phase}_ms", round(value * 1000, 1))
     print(f"\n{outage}: {len(result)} requests, p95 before {p95_before * 1000:.1f} ms, "
-          f"during {p95_during * 1000:.1f} ms")
-    assert p95_during <= 2 * p95_before + 0.05, (p95_before, p95_during)
+          f"during {p95_during * 1000:.1f} ms, after {p95_after * 1000:.1f} ms")
+    # "normal" is the quieter of the two healthy phases (the machine is shared): the outage must stay
+    # within twice that plus 50 ms (the to_thread stall in lab-notes.md was seconds per request)
+    normal = min(p95_before, p95_after)
+    assert p95_during <= 2 * normal + 0.05, (p95_before, p95_during, p95_after)
 
     ids = [s.call_id for s in result if s.call_id]
     assert len(ids) == len(result)
