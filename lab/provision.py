@@ -6,7 +6,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from lab import layout, machine, network
 from lab.credentials import scram_verifier
