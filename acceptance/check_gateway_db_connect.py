@@ -17,7 +17,7 @@ from acceptance import systemd
 from evidence_writers.writers import SqlResult, render_table
 from fixtures.context import CheckEvidence, Hosts
 from fixtures.database import ReaderDb
-from fixtures.errors import CheckFailure
+from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
 
 pytestmark = pytest.mark.check("gateway_db_connect")
@@ -60,7 +60,7 @@ def journal_evidence(target: Target, hosts: Hosts, evidence: CheckEvidence) -> s
     last = lines[-1].split(MARK, 1)[1].strip()
     evidence.details["logger_last"] = last[:200]
     if not last.startswith(GOOD):
-        return f"gateway_logger's latest connection line is not established/restored: {MARK} {last}"
+        return one_line(f"gateway_logger's latest connection line says: {last}", 200)
     return None
 
 

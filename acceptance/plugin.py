@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCEPTANCE_DIR = ROOT / "acceptance"
 PLUGIN_KEY = pytest.StashKey["AcceptancePlugin"]()
 SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+CAUSE_LIMIT = 500  # characters of a one-line cause (two-part causes, e.g. journal + probe, must both fit)
 
 
 def implemented_checks() -> list[str]:
@@ -126,10 +127,10 @@ class AcceptancePlugin:
         if report.failed:
             exc = call.excinfo.value if call.excinfo else None
             if isinstance(exc, CheckFailure):
-                cause = one_line(redact(str(exc)))
+                cause = one_line(redact(str(exc)), CAUSE_LIMIT)
                 report.longrepr = f"[{cid}] {cause}"
             else:
-                cause = one_line(redact(first_line(exc) if exc else "failed"))
+                cause = one_line(redact(first_line(exc) if exc else "failed"), CAUSE_LIMIT)
                 report.longrepr = redact(str(report.longrepr))
             progress.fail("failed" if report.when == "call" else "error", cause)
         elif report.skipped:

@@ -200,6 +200,7 @@ FAULTS = [
           passes=("service_status", "chat_call"),
           env={"POC1_LAB_DB_READER_PASSWORD": "wrong-" + secrets.token_urlsafe(18)}),
     Fault("PostgreSQL stopped on the db host",
+          # (gateway_db_connect: the probe's cause, after the journal's "lost" line if the logger noticed first)
           fails={c: rf"{READER_DB}: .*Connection refused" for c in ("gateway_db_connect", "db_rows", "join_check")},
           passes=("service_status", "chat_call"),  # the gateway keeps answering with its database down
           apply=lambda: lab_sh("db", "systemctl stop postgresql@15-main"),
