@@ -646,6 +646,7 @@ class Writer:
         self._raw_conns: dict[int, Any] = {}
         self._conns_lock = threading.Lock()
         self._state = "unknown"  # unknown -> up/down; "established" is said once, later "restored"
+        self._state_lock = threading.Lock()  # the watchdog thread also declares the connection lost
         self._ever_up = False
         self._down_since = 0.0
         self._server = ""
@@ -877,8 +878,14 @@ class Writer:
         return True
 
     def _up(self) -> None:
-        if self._state == "up":
-            return
+        with self._state_lock:
+            if self._state == "up":
+                return
+            self._say_up()
+            self._ever_up, self._state = True, "up"
+        self.stats.connected = True
+
+    def _say_up(self) -> None:
         masked = db_init.mask_url(self.url or "")
         if not self._ever_up:
             say(f"database connection established: {masked} {self._server}")
@@ -886,19 +893,17 @@ class Writer:
             waiting = self.queue.qsize() + len(self._pending) + (self.spool.rows if self.spool else 0)
             say(f"database connection restored: {masked} {self._server} "
                 f"after {time.monotonic() - self._down_since:.1f}s; rows waiting={waiting}")
-        self._ever_up, self._state = True, "up"
-        self.stats.connected = True
 
-    def _down(self, exc: BaseException) -> None:
-        if self._state == "down":
-            return
-        cause = db_init.one_line_cause(exc, self.url)
-        if self._state == "up":
-            self.stats.add("connection_losses")
-        say(f"database connection lost: {cause}")
-        self._state, self._down_since = "down", time.monotonic()
+    def _down(self, exc: BaseException, dispose: bool = True) -> None:
+        with self._state_lock:
+            if self._state == "down":
+                return
+            if self._state == "up":
+                self.stats.add("connection_losses")
+            say(f"database connection lost: {db_init.one_line_cause(exc, self.url)}")
+            self._state, self._down_since = "down", time.monotonic()
         self.stats.connected = False
-        if self.engine is not None:
+        if dispose and self.engine is not None:
             try:
                 self.engine.dispose()  # drop pooled sockets of a restarted/frozen server
             except Exception:
@@ -929,8 +934,10 @@ class Writer:
                 continue
             self._deadline = None
             self.stats.add("watchdog_fired")
-            say(f"database operation exceeded {self.settings.write_timeout_s:g}s (server frozen or "
-                "unreachable?): closing its sockets so the writer can retry")
+            # a frozen server still ACKs TCP; SQLAlchemy's pre-ping may then reconnect silently, so the
+            # loss is declared here, and the next successful write says "restored"
+            self._down(TimeoutError(f"no answer within {self.settings.write_timeout_s:g}s (server frozen "
+                                    "or unreachable); its sockets were closed to retry"), dispose=False)
             with self._conns_lock:
                 conns = list(self._raw_conns.values())
             for conn in conns:

@@ -208,6 +208,17 @@ async def _stream(gw: Gateway, rate: float, seconds: float) -> list[Sample]:
     return samples
 
 
+def _signal_cluster(action: Callable[[], None]) -> None:
+    """PgServer.freeze/thaw, retried: a backend may exit between listing the pids and signalling them
+    (ProcessLookupError); signalling again covers the rest (SIGSTOP/SIGCONT are idempotent)."""
+    for _ in range(5):
+        try:
+            return action()
+        except ProcessLookupError:
+            time.sleep(0.05)
+    action()
+
+
 def _p95(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=20)[-1]
 
@@ -239,11 +250,11 @@ def test_gateway_keeps_answering_while_postgres_is_away(outage: str, own_pg: PgS
     runner.start()
     time.sleep(before_s)
     t_away = time.monotonic()
-    own_pg.stop() if outage == "stopped" else own_pg.freeze()
+    own_pg.stop() if outage == "stopped" else _signal_cluster(own_pg.freeze)
     try:
         time.sleep(OUTAGE_S - (time.monotonic() - t_away))
     finally:
-        own_pg.restart() if outage == "stopped" else own_pg.thaw()
+        own_pg.restart() if outage == "stopped" else _signal_cluster(own_pg.thaw)
     t_back = time.monotonic()
     runner.join(60)
     assert not runner.is_alive()
