@@ -123,6 +123,9 @@ def overhead_html(doc: dict[str, Any] | None, png: bytes | None) -> str:
     """The figures of check 6 and its histogram, inline."""
     if not doc:
         return "<p>Check 6 left no overhead_benchmark.json: no figures.</p>"
+    if "verdict" not in doc:  # the measurement ended early (e.g. the gateway stopped answering)
+        return (f'<p id="poc1-overhead-error">Not measured: '
+                f'{escape(str(doc.get("error") or "the check ended before its figures were computed"))}</p>')
     parts = []
     verdict_ = doc.get("verdict") or {}
     if verdict_.get("criteria"):

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 UNIT = "litellm-gateway"
 SIX = [c.id for c in registry.CHECKS]
 SELECTORS = {"verdict": "#poc1-verdict", "rows": "#poc1-checks tbody tr", "links": "#poc1-checks a.artifact",
-             "img": "#poc1-histogram"}
+             "img": "#poc1-histogram", "overhead_error": "#poc1-overhead-error"}
 BUNDLE_FILES = {"manifest.json", "report.html", "junit.xml", "pytest_benchmark.json", "overhead_benchmark.json",
                 "overhead_histogram.png", "service_status.txt", "gateway_db_connect.log", "chat_call.json",
                 "requests_head.txt", "responses_head.txt", "join_check.txt"}
@@ -52,13 +52,13 @@ def failing_rows(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^validate:   (\w+): (?:FAIL|NOT RUN|SKIPPED)(?:: (.*))?$", stdout, re.M))
 
 
-def rendered_rows(report: Path, tmp: Path) -> tuple[str, dict[str, str], list[str]]:
-    """(verdict, {check: row text}, link targets) as Chromium renders the report."""
+def rendered(report: Path, tmp: Path) -> tuple[str, dict[str, str], list[str], dict]:
+    """(verdict, {check: row text}, link targets, layout) as Chromium renders the report."""
     seen = chromium.render(report, tmp, SELECTORS)
     assert seen.screenshot.stat().st_size > 20_000
     rows = {r["check"]: r["text"] for r in seen.layout["rows"] if r["visible"]}
     hrefs = [a["href"] for a in seen.layout["links"]]
-    return seen.layout["verdict"][0]["text"], rows, hrefs
+    return seen.layout["verdict"][0]["text"], rows, hrefs, seen.layout
 
 
 @pytest.mark.lab
@@ -101,8 +101,9 @@ def test_healthy_lab_is_go_with_the_whole_bundle(tmp_path: Path, embedded_lab) -
           json.dumps(doc["litellm_headers"]))
 
     if chromium.available():
-        verdict, rows, hrefs = rendered_rows(evidence / "report.html", tmp_path)
+        verdict, rows, hrefs, layout = rendered(evidence / "report.html", tmp_path)
         assert verdict == "GO"
+        assert layout["img"][0]["visible"] and layout["img"][0]["natural"] > 500
         assert list(rows) == SIX and all("\tPASS\t" in t for t in rows.values()), rows
         assert hrefs and all((evidence / h).resolve().is_file() for h in hrefs), hrefs
 
@@ -139,8 +140,9 @@ def test_stopped_gateway_is_no_go_naming_the_failing_checks(tmp_path: Path, embe
     assert (tmp_path / f"evidence-{manifest['run_id']}.tar.gz").is_file()
 
     if chromium.available():
-        verdict, rows, _ = rendered_rows(evidence / "report.html", tmp_path)
+        verdict, rows, _, layout = rendered(evidence / "report.html", tmp_path)
         assert verdict == "NO-GO"
+        assert failing["overhead"] in layout["overhead_error"][0]["text"]
         assert list(rows) == SIX
         for cid, cause in failing.items():
             assert "\tFAIL\t" in rows[cid] and cause[:60] in rows[cid], (cid, rows[cid])
