@@ -24,7 +24,7 @@ _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d2430;background:#fff}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
 .sub{color:#5b6575;margin:0 0 16px}
-.badge{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600;color:#fff}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600;color:#fff;white-space:nowrap}
 .GO{background:#1f8a3b} .NO-GO{background:#c0392b} .flag{background:#d9822b}
 .alarm{border-left:6px solid #d9822b;background:#fff4e6;padding:10px 14px;margin:12px 0}
 table{border-collapse:collapse;width:100%;font-size:13px}
