@@ -80,6 +80,8 @@ FAKE_SUITE = textwrap.dedent("""
     evidence, spec = Path(sys.argv[1]), json.loads(sys.argv[2])
     (evidence / "partial.txt").write_text(str(os.getpid()))
     print("fake suite pid", os.getpid(), flush=True)
+    for name in spec.get("echo_env", []):  # a careless suite printing secrets
+        print(f"{name}={os.environ[name]} Authorization: Bearer {os.environ[name]}", flush=True)
     deadline = time.monotonic() + spec.get("hold_s", 0)
     while time.monotonic() < deadline and not Path(spec.get("release", "/nonexistent")).exists():
         time.sleep(0.05)
@@ -101,13 +103,14 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def start_runner(tmp: Path, runs: Path, **spec) -> subprocess.Popen[str]:
+def start_runner(tmp: Path, runs: Path, env: dict[str, str] | None = None, **spec) -> subprocess.Popen[str]:
     (tmp / "fake_suite.py").write_text(FAKE_SUITE)
     (tmp / "driver.py").write_text(DRIVER)
     spec["repo"] = str(REPO)
     return subprocess.Popen([sys.executable, str(tmp / "driver.py"), str(REPO), str(runs),
                              str(tmp / "fake_suite.py"), json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
@@ -353,6 +356,20 @@ def test_overlapping_start_is_refused_with_one_line(tmp_path: Path) -> None:
     release.touch()
     assert holder.wait(timeout=60) == 0
     assert len(read_history(runs / "history.jsonl")) == 1
+
+
+def test_secrets_printed_by_the_suite_are_kept_out_of_the_runners_log_and_output(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    secrets = {"POC1_LAB_MASTER_KEY": "sk-" + os.urandom(12).hex(),
+               "POC1_LAB_DB_READER_PASSWORD": os.urandom(9).hex()}  # the `local` group's names
+    proc = start_runner(tmp_path, runs, env=secrets, echo_env=list(secrets))
+    assert proc.wait(timeout=60) == 0
+    out = proc.stdout.read()
+    (rec,) = read_history(runs / "history.jsonl")
+    log = (runs / rec.folder / "suite.log").read_text()
+    assert "POC1_LAB_MASTER_KEY=***" in log and "Bearer ***" in log  # the lines are there, redacted
+    for value in secrets.values():
+        assert value not in log and value not in out
 
 
 def test_half_written_history_line_from_elsewhere_does_not_break_the_next_run(tmp_path: Path) -> None:

@@ -99,6 +99,7 @@ class SuiteRun:
     log: TextIO
     timeout_s: float
     extra_args: list[str]
+    redact: Callable[[str], str] = lambda text: text
 
 
 #: A bundle producer: runs the checks, leaves manifest.json (+ artifacts) in ``evidence_dir``,
@@ -131,6 +132,7 @@ def subprocess_producer(command: Callable[[SuiteRun], list[str]] = validate_comm
         def pump() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
+                line = run.redact(line)
                 run.log.write(line)
                 run.log.flush()
                 sys.stdout.write(line)
@@ -164,6 +166,24 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def redactor(hosts: str, inventory: Path = REPO / "hosts.yml") -> Callable[[str], str]:
+    """The suite's own redaction (every secret of the target, bearer tokens, URL passwords, sk- keys) for
+    what the runner keeps itself: suite.log, the journal/cron log, the history. Best effort on the
+    secrets: an inventory that does not resolve still leaves the pattern-based redaction."""
+    try:
+        from evidence_writers.redaction import Redactor
+    except ImportError:  # the suite is not importable: it will not run either
+        return lambda text: text
+    secrets: list[str] = []
+    try:
+        from fixtures.inventory import load_target
+
+        secrets = load_target(inventory, hosts).secret_values()
+    except Exception:  # noqa: BLE001 - InventoryError and anything odd: the suite will say it in one line
+        pass
+    return Redactor(secrets).text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,11 +372,13 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         evidence = folder / "evidence"
         evidence.mkdir()
         log_path = folder / "suite.log"
+        redact = redactor(settings.hosts)
         with open(log_path, "w", encoding="utf-8") as log:
             rc = producer(SuiteRun(settings.hosts, run_id, evidence, log, settings.suite_timeout_s,
-                                   list(settings.suite_args)))
+                                   list(settings.suite_args), redact))
         facts = read_bundle(evidence, rc, log_path)
         record = _judge(settings, pinned, folder, started, run_id, facts, rc)
+        record.cause = redact(record.cause) if record.cause else None
         if facts.run_id and facts.run_id != run_id and re.fullmatch(r"[A-Za-z0-9_.-]+", facts.run_id):
             renamed = runs_dir / folder_name(facts.run_id, started)
             if not renamed.exists():
