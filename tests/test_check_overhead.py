@@ -10,12 +10,12 @@ of tests/test_validate.py.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.acceptance_run import run_suite
+from tests.support.lab_unit import gateway_unit
 
 pytestmark = pytest.mark.lab
 
@@ -23,7 +23,6 @@ ENV_FILE = "/etc/litellm/litellm.env"
 UNIT = "litellm-gateway"
 KNOB = "POC1_LOGGER_TEST_DELAY_MS"
 DELAY_MS = 300
-READY_TIMEOUT_S = 90
 
 
 def gateway_env_has_knob() -> int:
@@ -35,30 +34,18 @@ def gateway_env_has_knob() -> int:
     return int(out or 0)
 
 
-def restart_gateway() -> None:
-    """Restart the unit and wait until the gateway answers a chat call again."""
-    import lab
-
-    lab.systemctl("gateway", "restart", UNIT, check=True, timeout=90)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not lab.is_up():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the gateway did not answer within {READY_TIMEOUT_S} s after a restart")
-        time.sleep(1)
-
-
 def test_injected_write_delay_makes_check_6_fail(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
     import lab
 
     lab.exec("gateway", f"sed -i '/^{KNOB}=/d' {ENV_FILE} && printf '{KNOB}={DELAY_MS}\\n' >> {ENV_FILE}")
     try:
-        restart_gateway()
+        gateway_unit("restart", UNIT)
         assert gateway_env_has_knob() == 1
         run = run_suite(tmp_path / "evidence", "acceptance/check_overhead.py", "--overhead-pairs=60",
                         timeout=180)
     finally:
         lab.exec("gateway", f"sed -i '/^{KNOB}=/d' {ENV_FILE}")
-        restart_gateway()
+        gateway_unit("restart", UNIT)
     assert gateway_env_has_knob() == 0, "the delay knob is still set on the gateway after the undo"
 
     assert run.rc == 1, run.stdout[-3000:]

@@ -20,6 +20,7 @@ import pytest
 
 from acceptance import registry
 from tests.support import chromium
+from tests.support.lab_unit import gateway_unit
 from tools import validate as V
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,20 +111,14 @@ def test_healthy_lab_is_go_with_the_whole_bundle(tmp_path: Path, embedded_lab) -
 
 @pytest.mark.lab
 def test_stopped_gateway_is_no_go_naming_the_failing_checks(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
-    import lab
-
     evidence = tmp_path / "evidence"
-    lab.systemctl("gateway", "stop", UNIT, check=True)
+    gateway_unit("stop", UNIT)
     try:
         t0 = time.monotonic()
         res = validate(evidence, timeout=300)
         wall = time.monotonic() - t0
     finally:
-        lab.systemctl("gateway", "start", UNIT, check=True)
-        deadline = time.monotonic() + 90
-        while not lab.is_up():
-            assert time.monotonic() < deadline, "the gateway did not come back within 90 s"
-            time.sleep(1)
+        gateway_unit("start", UNIT)
 
     assert res.returncode == 1, res.stdout[-4000:] + res.stderr[-2000:]
     assert "validate: the embedded lab is up but degraded" in res.stdout  # reported, not repaired

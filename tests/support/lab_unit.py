@@ -1,0 +1,27 @@
+"""Change a systemd unit on an embedded-lab host and wait for the gateway to answer again: the undo
+step of every test that breaks the lab on purpose."""
+from __future__ import annotations
+
+import time
+
+READY_TIMEOUT_S = 90
+
+
+def wait_gateway_answers(timeout: float = READY_TIMEOUT_S) -> None:
+    """Until the lab's gateway answers a chat call with 200 (lab.is_up), or fail after ``timeout``."""
+    import lab
+
+    deadline = time.monotonic() + timeout
+    while not lab.is_up():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the lab's gateway did not answer within {timeout:g} s")
+        time.sleep(1)
+
+
+def gateway_unit(action: str, unit: str = "litellm-gateway") -> None:
+    """``systemctl ACTION UNIT`` on the gateway host; after start/restart, wait until it answers."""
+    import lab
+
+    lab.systemctl("gateway", action, unit, check=True, timeout=90)
+    if action in ("start", "restart"):
+        wait_gateway_answers()
