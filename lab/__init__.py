@@ -5,6 +5,7 @@
     lab.exec("gateway", "systemctl stop standin-model")   # nsenter into the container, no SSH
     lab.systemctl("db", "is-active", "postgresql@15-main")
     lab.set_link("db", up=False)               # cut the db host off the lab network
+    lab.set_tls(False)                         # litellm_user allowed in clear text, gateway without TLS
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from collections.abc import Sequence
 
 from lab import layout, machine, network
 from lab.errors import LabError
-from lab.lifecycle import LabDescription, describe, down, is_up, status, up
+from lab.lifecycle import LabDescription, describe, down, is_up, set_tls, status, up
 
-__all__ = ["LabDescription", "LabError", "describe", "down", "exec", "is_up", "set_link", "status",
-           "systemctl", "up"]
+__all__ = ["LabDescription", "LabError", "describe", "down", "exec", "is_up", "set_link", "set_tls", "status",
+           "systemctl", "tls_state", "up"]
 
 
 def _host(name: str) -> layout.Host:
@@ -41,3 +42,10 @@ def systemctl(host: str, *args: str, check: bool = False, timeout: float = 60) -
 def set_link(host: str, up: bool) -> None:  # noqa: A002 (mirrors `ip link set up`)
     """Cut or restore a host's link to the lab network (runner side of its veth)."""
     network.set_link(_host(host), up)
+
+
+def tls_state() -> str:
+    """"on" (litellm_user only over TLS, the logger on verify-full), "off", or what is mixed."""
+    from lab import provision
+
+    return provision.tls_state()

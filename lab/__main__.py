@@ -1,4 +1,4 @@
-"""python -m lab up|down|status — the embedded two-host lab (see docs/ARCHITECTURE.md)."""
+"""python -m lab up|down|status|tls on|off|status — the embedded two-host lab (see docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 import argparse
@@ -17,14 +17,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__,
                                      epilog=f"{lifecycle.KEEP_FAILED_ENV}=1 leaves a failed `up` standing for "
                                             "inspection.")
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "tls"))
+    parser.add_argument("mode", nargs="?", choices=("on", "off", "status"),
+                        help="tls only: require TLS for litellm_user (on, the default of a lab), allow clear "
+                             "text and connect the gateway without it (off), or show it (status)")
     args = parser.parse_args(argv)
+    if (args.command == "tls") != (args.mode is not None):
+        parser.error("on|off|status goes with `tls` only, and `tls` needs one of them")
     try:
         if args.command == "up":
             lifecycle.up()
             return 0
         if args.command == "down":
             lifecycle.down()
+            return 0
+        if args.command == "tls":
+            if args.mode == "status":
+                return lifecycle.tls_status()
+            lifecycle.set_tls(args.mode == "on")
             return 0
         return lifecycle.status()
     except LabError as exc:

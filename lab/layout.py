@@ -35,6 +35,12 @@ SECRETS_FILE = STATE_DIR / "secrets.env"
 DESCRIPTION_FILE = STATE_DIR / "lab.json"
 MACHINES_DIR = STATE_DIR / "machines"
 LOG_DIR = STATE_DIR / "log"
+TLS_DIR = STATE_DIR / "tls"                    # the lab's CA (key + cert) and the db host's certificate
+
+#: where the TLS files live inside the hosts (Debian's places, like ssl-cert's snakeoil pair)
+DB_TLS_CERT = "/etc/ssl/certs/poc1-lab-db.crt"
+DB_TLS_KEY = "/etc/ssl/private/poc1-lab-db.key"   # root:ssl-cert 0640, as PostgreSQL accepts it
+GATEWAY_DB_CA = "/etc/litellm/db-ca.crt"          # the logger verifies the db host with it (verify-full)
 
 #: names of the environment variables that carry the lab's secrets (values only in SECRETS_FILE)
 MASTER_KEY_ENV = "POC1_LAB_MASTER_KEY"

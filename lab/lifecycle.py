@@ -7,11 +7,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 
-from lab import cgroups, credentials, layout, lock, machine, mounts, network, prereqs, probe, provision, rootfs
+from lab import (cgroups, credentials, layout, lock, machine, mounts, network, prereqs, probe, provision, rootfs,
+                 tls)
 from lab.errors import LabError
 from lab.layout import DB, GATEWAY
 
 GATEWAY_READY_TIMEOUT_S = 180
+TLS_SESSION_TIMEOUT_S = 60
 KEEP_FAILED_ENV = "POC1_LAB_KEEP_FAILED"  # =1: leave a failed lab up for inspection
 
 
@@ -118,6 +120,7 @@ def _build_hosts(values: dict[str, str]) -> None:
         provision.common(host, authorized)
         known.append(provision.host_key(host))
     layout.KNOWN_HOSTS.write_text("".join(known))
+    tls.make_certificates()
     provision.db_host()
     provision.gateway_host(values)
 
@@ -165,8 +168,14 @@ def up() -> LabDescription:
             _say("db_init.py changed since this lab was built: building a fresh lab (fresh database)")
             running = False
         if running:
-            changed = _sync_code(credentials.load())
+            values = credentials.load()
+            changed = _sync_code(values)
+            if not tls.present():  # a lab built before the database link had TLS: add it in place
+                _apply_tls(values, on=True)
+                changed.append("TLS on the database link")
             _say(f"already up{'; redeployed ' + ', '.join(changed) if changed else ''}")
+            if provision.tls_state() != "on":
+                _say(f"TLS for {layout.DB_USER} is {provision.tls_state()} (python -m lab tls on)")
             _print_addresses()
             return describe()
         teardown()  # whatever a killed or failed run left
@@ -191,6 +200,70 @@ def up() -> LabDescription:
         _say(f"up in {time.monotonic() - t0:.1f} s (lab {time.monotonic() - t_lab:.1f} s)")
         _print_addresses()
         return describe()
+
+
+# ----------------------------------------------------------------------------------------------- TLS
+
+
+def _wait_sessions(encrypted: bool, timeout: float = TLS_SESSION_TIMEOUT_S) -> list[tuple[int, bool]]:
+    """Until the logger's sessions (at least one) are all encrypted, or all in clear text."""
+    deadline = time.monotonic() + timeout
+    sessions: list[tuple[int, bool]] = []
+    while time.monotonic() < deadline:
+        sessions = provision.gateway_db_sessions()
+        if sessions and all(ssl == encrypted for _, ssl in sessions):
+            return sessions
+        time.sleep(0.3)
+    shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
+    raise LabError(f"db: {layout.DB_USER}'s sessions from {GATEWAY.ip} not all "
+                   f"{'encrypted' if encrypted else 'in clear text'} within {timeout:.0f} s (sessions: {shown})")
+
+
+def _apply_tls(values: dict[str, str], on: bool) -> None:
+    """TLS required for litellm_user and the logger on verify-full, or both off; only what differs changes.
+
+    The order keeps the logger connectable throughout: the server's certificate first, pg_hba.conf opened
+    before the gateway restarts in clear text, closed (hostssl) only after it reconnected over TLS."""
+    if on:
+        tls.make_certificates()
+        if provision.place(DB, provision.db_tls_files()):
+            provision.reload_postgres()
+        provision.place(GATEWAY, provision.gateway_tls_files())
+    elif provision.set_hba(tls_required=False):
+        provision.reload_postgres()
+    url_changed = provision.set_gateway_db_url(values, on)
+    if url_changed or any(ssl != on for _, ssl in provision.gateway_db_sessions()):
+        machine.exec_(GATEWAY, ["systemctl", "restart", layout.GATEWAY_UNIT], timeout=90)
+        _wait_gateway(values)
+    if on and provision.set_hba(tls_required=True):
+        provision.reload_postgres()
+    _wait_sessions(encrypted=on)
+
+
+def set_tls(on: bool) -> str:
+    """`python -m lab tls on|off`: the switch for tests; returns the lab's TLS state afterwards."""
+    prereqs.require_root()
+    with lock.held():
+        if not is_up():
+            raise LabError("the lab is not up (python -m lab up)")
+        t0 = time.monotonic()
+        _apply_tls(credentials.load(), on)
+        state = provision.tls_state()
+        _say(f"TLS for {layout.DB_USER}: {state} ({time.monotonic() - t0:.1f} s)")
+        return state
+
+
+def tls_status() -> int:
+    """`python -m lab tls status`: the state and the logger's sessions; exit 0 on, 1 otherwise, 3 down."""
+    prereqs.require_root()
+    if any(machine.init_pid(h) is None for h in layout.HOSTS.values()):
+        _say("down")
+        return 3
+    state = provision.tls_state()
+    sessions = provision.gateway_db_sessions()
+    shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
+    _say(f"TLS for {layout.DB_USER}: {state}; sessions from {GATEWAY.ip}: {shown}")
+    return 0 if state == "on" else 1
 
 
 def _print_addresses() -> None:
@@ -223,8 +296,9 @@ def host_status(host: layout.Host) -> tuple[bool, str]:
     if host is DB:
         ready = machine.exec_(DB, ["pg_isready", "-h", DB.ip], check=False, timeout=10)
         parts["postgresql"] = "accepting" if ready.returncode == 0 else (ready.stdout.strip() or "down")
+        parts["tls"] = provision.tls_state().split()[0]  # a setting (python -m lab tls), not a health
     ok = parts["booted"] in ("running", "degraded") and all(
-        v in ("active", "accepting") for k, v in parts.items() if k != "booted")
+        v in ("active", "accepting") for k, v in parts.items() if k not in ("booted", "tls"))
     return ok, f"{host.name:8}{host.ip:13} " + " ".join(f"{k}={v}" for k, v in parts.items())
 
 

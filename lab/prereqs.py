@@ -19,6 +19,7 @@ TOOLS = {
     "ip": "iproute2",
     "nsenter": "util-linux",
     "ssh-keygen": "openssh-client",
+    "openssl": "openssl",  # the lab's CA for the database link (lab/tls.py)
 }
 GIB = 1024 ** 3
 

@@ -2,12 +2,14 @@
 before boot (the repo's code and config, keys, addresses) and the database set-up after boot."""
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 
-from lab import layout, machine, network
+from lab import layout, machine, network, tls
 from lab.credentials import scram_verifier
 from lab.errors import LabError
 from lab.layout import DB, GATEWAY, Host
@@ -25,11 +27,26 @@ PG_CONF = f"""# poc1 lab: listen on the db host's own address only; passwords as
 listen_addresses = '{DB.ip}'
 password_encryption = 'scram-sha-256'
 """
-PG_HBA = f"""# poc1 lab. TYPE DATABASE USER ADDRESS METHOD
+PG_TLS_CONF = f"""# poc1 lab: TLS with the lab's CA (lab/tls.py); `hostssl` in pg_hba.conf makes it required
+ssl = on
+ssl_cert_file = '{layout.DB_TLS_CERT}'
+ssl_key_file = '{layout.DB_TLS_KEY}'
+ssl_min_protocol_version = 'TLSv1.2'
+"""
+
+
+def pg_hba(tls_required: bool = True) -> str:
+    """litellm_user only over TLS (``hostssl``), or, switched off for a test, also in clear text (``host``).
+
+    The reader's line stays ``host``: libpq's default sslmode (prefer) negotiates TLS, unverified."""
+    kind = "hostssl" if tls_required else "host   "
+    return f"""# poc1 lab. TYPE DATABASE USER ADDRESS METHOD
 local   all             postgres                                peer
-host    {layout.DB_NAME}      {layout.DB_USER}      {GATEWAY.ip}/32         scram-sha-256
+{kind} {layout.DB_NAME}      {layout.DB_USER}      {GATEWAY.ip}/32         scram-sha-256
 host    {layout.DB_NAME}      {layout.DB_READER}       {layout.RUNNER_IP}/32          scram-sha-256
 """
+
+
 # PostgreSQL binds the db host's address, which systemd-networkd sets: start it once the network is up
 PG_AFTER_NETWORK = "[Unit]\nWants=network-online.target\nAfter=network-online.target\n"
 
@@ -41,6 +58,8 @@ class Placed:
     dest: str
     content: bytes
     mode: int = 0o644
+    #: (user, group) by name inside the host; None: root's
+    owner: tuple[str, str] | None = None
 
 
 def _repo_file(rel: str) -> bytes:
@@ -65,13 +84,37 @@ def gateway_code() -> list[Placed]:
     ]
 
 
-def gateway_env(values: dict[str, str]) -> Placed:
+GATEWAY_ENV = "/etc/litellm/litellm.env"
+DB_URL_LINE = re.compile(r"^POC1_DB_URL=.*$", re.M)
+
+
+def db_url_line(values: dict[str, str], tls_on: bool = True) -> str:
+    """The logger's URL; libpq takes sslmode/sslrootcert from its query. Quoted: `&` means something to sh
+    (create_schema sources the file), and systemd's EnvironmentFile strips the quotes."""
     url = (f"postgresql+psycopg2://{layout.DB_USER}:{values[layout.DB_PASSWORD_ENV]}"
-           f"@{DB.ip}:{layout.DB_PORT}/{layout.DB_NAME}")
-    text = (f"LITELLM_MASTER_KEY={values[layout.MASTER_KEY_ENV]}\nPOC1_DB_URL={url}\n"
+           f"@{DB.ip}:{layout.DB_PORT}/{layout.DB_NAME}?{tls.QUERY_ON if tls_on else tls.QUERY_OFF}")
+    return f"POC1_DB_URL='{url}'"
+
+
+def gateway_env(values: dict[str, str]) -> Placed:
+    text = (f"LITELLM_MASTER_KEY={values[layout.MASTER_KEY_ENV]}\n{db_url_line(values)}\n"
             f"UPSTREAM_API_BASE=http://127.0.0.1:{layout.STANDIN_PORT}/v1\n"
             f"UPSTREAM_API_KEY=sk-upstream-{uuid.uuid4().hex}\n")
-    return Placed("/etc/litellm/litellm.env", text.encode(), 0o600)
+    return Placed(GATEWAY_ENV, text.encode(), 0o600)
+
+
+def db_tls_files() -> list[Placed]:
+    """The db host's certificate and key (made on the runner, lab/tls.py) and the settings that use them."""
+    return [
+        Placed(layout.DB_TLS_CERT, tls.SERVER_CERT.read_bytes()),
+        Placed(layout.DB_TLS_KEY, tls.SERVER_KEY.read_bytes(), 0o640, ("root", "ssl-cert")),
+        Placed(f"{PG_ETC}/conf.d/poc1-lab-tls.conf", PG_TLS_CONF.encode()),
+    ]
+
+
+def gateway_tls_files() -> list[Placed]:
+    """Only the CA certificate (public): readable by the gateway's user, nothing secret."""
+    return [Placed(layout.GATEWAY_DB_CA, tls.CA_CERT.read_bytes())]
 
 
 def differs(host: Host, files: list[Placed]) -> list[str]:
@@ -92,9 +135,24 @@ def place(host: Host, files: list[Placed]) -> list[str]:
             continue
         target = host.root / f.dest.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(f.content)
-        target.chmod(f.mode)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, f.mode)  # a key is never readable by all
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), f.mode)
+            if f.owner is not None:
+                os.fchown(out.fileno(), *_ids(host, *f.owner))
+            out.write(f.content)
     return changed
+
+
+def _ids(host: Host, user: str, group: str) -> tuple[int, int]:
+    """Numeric ids of a user and group as the host's own /etc/passwd and /etc/group define them."""
+    def lookup(table: str, name: str) -> int:
+        for line in (host.root / "etc" / table).read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name and len(fields) > 2:
+                return int(fields[2])
+        raise LabError(f"{host.name}: no {'user' if table == 'passwd' else 'group'} {name!r} in its /etc/{table}")
+    return lookup("passwd", user), lookup("group", group)
 
 
 def _enable(host: Host, unit: str) -> None:
@@ -142,7 +200,7 @@ def common(host: Host, authorized_key: str) -> None:
 
 
 def gateway_host(values: dict[str, str]) -> None:
-    place(GATEWAY, [*gateway_code(), gateway_env(values)])
+    place(GATEWAY, [*gateway_code(), gateway_env(values), *gateway_tls_files()])
     for unit in (layout.STANDIN_UNIT, layout.GATEWAY_UNIT):
         _enable(GATEWAY, f"{unit}.service")
     _mask(GATEWAY, "postgresql.service")  # the base has it; the gateway host is not a database
@@ -152,9 +210,63 @@ def db_host() -> None:
     place(DB, [
         Placed(f"{PG_ETC}/conf.d/poc1-lab.conf", PG_CONF.encode()),
         Placed("/etc/systemd/system/postgresql@.service.d/poc1-lab.conf", PG_AFTER_NETWORK.encode()),
+        *db_tls_files(),
     ])
-    hba = DB.root / PG_ETC.lstrip("/") / "pg_hba.conf"
-    hba.write_text(PG_HBA)  # existing file: keeps its owner (postgres) and mode
+    set_hba(tls_required=True)
+
+
+# ------------------------------------------------------------------------------- TLS on a running lab
+
+HBA_FILE = f"{PG_ETC}/pg_hba.conf"
+
+
+def set_hba(tls_required: bool) -> bool:
+    """Write pg_hba.conf (existing file: keeps its owner, postgres, and mode); True if it changed."""
+    hba = DB.root / HBA_FILE.lstrip("/")
+    text = pg_hba(tls_required)
+    if hba.is_file() and hba.read_text() == text:
+        return False
+    hba.write_text(text)
+    return True
+
+
+def set_gateway_db_url(values: dict[str, str], tls_on: bool) -> bool:
+    """Rewrite only the POC1_DB_URL line of the gateway's env file (others' lines stay); True if changed."""
+    path = GATEWAY.root / GATEWAY_ENV.lstrip("/")
+    old = path.read_text()
+    new = DB_URL_LINE.sub(lambda _: db_url_line(values, tls_on), old, count=1)
+    if new == old:
+        return False
+    path.write_text(new)  # existing file: keeps its mode 0600
+    return True
+
+
+def tls_state() -> str:
+    """on (hostssl + verify-full), off (host + sslmode=disable), or what is mixed, from the hosts' files."""
+    hba = (DB.root / HBA_FILE.lstrip("/")).read_text()
+    env = (GATEWAY.root / GATEWAY_ENV.lstrip("/")).read_text()
+    required = any(ln.split()[:3] == ["hostssl", layout.DB_NAME, layout.DB_USER] for ln in hba.splitlines())
+    verified = "sslmode=verify-full" in env
+    if required and verified:
+        return "on"
+    if not required and "sslmode=disable" in env:
+        return "off"
+    return (f"mixed (pg_hba: {'hostssl' if required else 'host'} for {layout.DB_USER}; gateway URL: "
+            f"{'verify-full' if verified else 'no verify-full'})")
+
+
+def reload_postgres() -> None:
+    """pg_hba.conf and the ssl settings take effect on reload; sessions already open keep going."""
+    _psql("postgres", "SELECT pg_reload_conf();")
+
+
+def gateway_db_sessions() -> list[tuple[int, bool]]:
+    """(pid, encrypted) of litellm_user's sessions from the gateway, as the db host sees them."""
+    sql = ("SELECT a.pid, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid "
+           f"WHERE a.usename = '{layout.DB_USER}' AND host(a.client_addr) = '{GATEWAY.ip}' ORDER BY a.pid")
+    out = machine.exec_(DB, ["psql", "-X", "-q", "-A", "-t", "-F", " ", "-d", "postgres", "-c", sql],
+                        user="postgres", timeout=30).stdout
+    return [(int(pid), ssl == "t") for pid, ssl in (ln.split() for ln in out.splitlines() if ln.strip())]
 
 
 # ------------------------------------------------------------------------------------- after boot
