@@ -335,7 +335,6 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
                 for arm, group in (("logged", logged), ("unlogged", unlogged))}
 
     return {
-        "check": "overhead",
         "run_id": run_id,
         "target": target,
         "duration_s": round(duration_s, 2),

@@ -8,6 +8,10 @@ tarball, and answers with the verdict and an exit code a CI system can use.
     python -m tools.validate                    # the embedded lab (group "local"), up if needed
     python -m tools.validate --hosts lab        # the real lab of the closeout pack
     python -m tools.validate -- -k overhead     # anything after -- goes to pytest
+    python -m tools.validate -- --benchmark-compare   # check 6's timings against the last saved run
+
+Every run saves check 6's pytest-benchmark data under .benchmarks/ (--benchmark-autosave) and puts its
+JSON into the bundle as pytest_benchmark.json.
 
 A lab that is up but degraded (a unit stopped) is *not* repaired: the checks are there to say so.
 
