@@ -1,4 +1,5 @@
-"""The SQL of checks 4–5, built with SQLAlchemy from db_init's models (no second copy of the schema).
+"""The SQL of checks 4–5, built with SQLAlchemy from db_init's models (no second copy of the schema),
+and of the db_tls check, on PostgreSQL's own statistics views.
 
 ``sql_text`` renders a statement for the artifacts exactly as PostgreSQL receives it (literal values),
 so a reader can re-run the query by hand.
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, column, func, select, table
 from sqlalchemy.dialects import postgresql
 
 from db_init import Request, Response
@@ -102,3 +103,28 @@ def wait_for_call(conn: Connection, call_id: str, timeout_s: float, interval_s: 
         if (request is not None and responses) or waited >= timeout_s:
             return Found(request, responses, round(waited, 3), polls)
         time.sleep(interval_s)
+
+
+#: PostgreSQL's own views (not the log schema): only the columns the checks read
+PG_STAT_ACTIVITY = table("pg_stat_activity", column("pid"), column("usename"), column("datname"),
+                         column("client_addr"), column("application_name"), column("backend_start"))
+PG_STAT_SSL = table("pg_stat_ssl", column("pid"), column("ssl"), column("version"), column("cipher"),
+                    column("bits"))
+
+
+def tls_of_sessions(user: str, database: str) -> Select:
+    """Every session of ``user`` on ``database`` with its TLS state (pg_stat_ssl joined to pg_stat_activity).
+
+    Other roles' rows show their address and TLS state only to a member of pg_read_all_stats."""
+    a, s = PG_STAT_ACTIVITY, PG_STAT_SSL
+    return (select(a.c.pid, func.host(a.c.client_addr).label("client_addr"), s.c.ssl, s.c.version, s.c.cipher,
+                   s.c.bits, a.c.application_name, a.c.backend_start)
+            .select_from(a.join(s, s.c.pid == a.c.pid))
+            .where(a.c.usename == user, a.c.datname == database)
+            .order_by(a.c.backend_start, a.c.pid))
+
+
+def tls_of_this_session() -> Select:
+    """The TLS state of the session running the query (the probe's own link)."""
+    s = PG_STAT_SSL
+    return select(s.c.ssl, s.c.version, s.c.cipher, s.c.bits).where(s.c.pid == func.pg_backend_pid())

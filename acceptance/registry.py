@@ -28,6 +28,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("join_check", "Request-to-response join and table integrity", ("join_check.txt",)),
     # check 6: written by its own module (acceptance/check_overhead.py), which declares its artifacts here
     CheckSpec("overhead", "DB-logging overhead benchmark", ()),
+    # production prerequisites beyond the closeout pack's six, after them
+    CheckSpec("db_tls", "Gateway's database sessions are encrypted (TLS >= 1.2)", ("db_tls.txt",)),
 )
 
 BY_ID: dict[str, CheckSpec] = {c.id: c for c in CHECKS}
