@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,13 +41,12 @@ ARTIFACT_PNG = "overhead_histogram.png"
 REQUEST_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
 
-def _write_png(run: RunContext, path: Path, outcome: str) -> None:
+def _write_png(run: RunContext, data: bytes, outcome: str) -> None:
     """Put the picture into the bundle and its manifest record.
 
     The bundle's writers are text writers (they redact); a PNG has no text to redact, so it is recorded
     directly with the same facts (hash, size, time) as every other artifact.
     """
-    data = path.read_bytes()
     target = run.bundle.directory / ARTIFACT_PNG
     fd, tmp = tempfile.mkstemp(prefix=f".{ARTIFACT_PNG}.", dir=target.parent)
     with os.fdopen(fd, "wb") as fh:
@@ -115,14 +113,12 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
     added = document["added_latency"]["shift"]["p95"]
     lag = document["durability_lag_ms"]["interleaved"]
 
-    lags = [lag_ms for _, lag_ms in probe.lags_ms((a for a, _ in pairs if a.ok), created, clock["offset_ms"])]
-    with tempfile.TemporaryDirectory() as tmp:
-        png = stats.histogram_png(
-            Path(tmp) / ARTIFACT_PNG, [a.latency_ms for a, b in pairs if a.ok and b.ok],
-            [b.latency_ms for a, b in pairs if a.ok and b.ok], lags,
-            title=(f"POC-1 check 6 - run {run.run_id}, target {target.group}: added p95 {added['point']:.2f} ms "
-                   f"(95% CI {added['low']:.2f}..{added['high']:.2f}; limit {limits.overhead_ms:g} ms)"))
-        _write_png(run, png, "passed" if verdict["passed"] else "failed")
+    series = probe.Series.of(pairs, created, clock["offset_ms"])
+    png = stats.histogram_png(
+        series.logged_ms, series.unlogged_ms, series.lag_values,
+        title=(f"POC-1 check 6 - run {run.run_id}, target {target.group}: added p95 {added['point']:.2f} ms "
+               f"(95% CI {added['low']:.2f}..{added['high']:.2f}; limit {limits.overhead_ms:g} ms)"))
+    _write_png(run, png, "passed" if verdict["passed"] else "failed")
 
     benchmark.extra_info.update(_benchmark_extra(document))
     evidence.details.update(

@@ -301,6 +301,26 @@ def lags_ms(samples: Iterable[Sample], created: dict[str, float], offset_ms: flo
             for s in samples if s.call_id in created]
 
 
+@dataclass
+class Series:
+    """The numbers of the interleaved phase: latencies of the pairs where both calls were answered,
+    and the durability lag of every answered logged call whose row was found."""
+
+    logged_ms: list[float]
+    unlogged_ms: list[float]
+    lags: list[tuple[Sample, float]]
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[Sample, Sample]], created: dict[str, float], offset_ms: float) -> "Series":
+        ok = [(a, b) for a, b in pairs if a.ok and b.ok]
+        return cls([a.latency_ms for a, _ in ok], [b.latency_ms for _, b in ok],
+                   lags_ms((a for a, _ in pairs if a.ok), created, offset_ms))
+
+    @property
+    def lag_values(self) -> list[float]:
+        return [lag for _, lag in self.lags]
+
+
 def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
                    pairs: Sequence[tuple[Sample, Sample]], tp_blocks: list[dict[str, Any]],
                    tp_samples: Sequence[Sample], created: dict[str, float], clock: dict[str, float],
@@ -308,12 +328,10 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
     """Everything check 6 measured, its statistics and its verdict, as one JSON-able document."""
     logged = [p[0] for p in pairs]
     unlogged = [p[1] for p in pairs]
-    ok_pairs = [(a, b) for a, b in pairs if a.ok and b.ok]
-    lo_ms = [a.latency_ms for a, _ in ok_pairs]
-    un_ms = [b.latency_ms for _, b in ok_pairs]
+    series = Series.of(pairs, created, clock["offset_ms"])
+    lo_ms, un_ms, ab_lags = series.logged_ms, series.unlogged_ms, series.lags
     all_logged = [s for s in (*logged, *tp_samples) if s.arm == "logged"]
     all_unlogged = [s for s in (*unlogged, *tp_samples) if s.arm == "unlogged"]
-    ab_lags = lags_ms((s for s in logged if s.ok), created, clock["offset_ms"])
     tp_lags = lags_ms((s for s in tp_samples if s.arm == "logged" and s.ok), created, clock["offset_ms"])
     t0 = min((s.end_epoch for s in logged), default=0.0)
     completeness = {
@@ -323,7 +341,7 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
         "unlogged_rows": sum(1 for s in all_unlogged if s.call_id in created),
     }
     lag_stats = st.percentiles([lag for _, lag in ab_lags])
-    if len(ok_pairs) >= 2:
+    if len(lo_ms) >= 2:
         added = st.added_latency(lo_ms, un_ms)
     else:
         nan = {"point": float("inf"), "low": float("inf"), "high": float("inf")}

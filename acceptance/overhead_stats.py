@@ -7,8 +7,8 @@ Pure functions of the measured numbers, so the arithmetic is tested without a ga
 """
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -194,9 +194,9 @@ def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, in
 # the picture
 
 
-def histogram_png(path: Path, logged: Sequence[float], unlogged: Sequence[float],
-                  lags: Sequence[float] = (), *, title: str = "") -> Path:
-    """Both latency distributions overlaid (left) and the durability lag (right), p95 marked."""
+def histogram_png(logged: Sequence[float], unlogged: Sequence[float], lags: Sequence[float] = (), *,
+                  title: str = "") -> bytes:
+    """Both latency distributions overlaid (left) and the durability lag (right), p95 marked; PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,7 +232,7 @@ def histogram_png(path: Path, logged: Sequence[float], unlogged: Sequence[float]
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=90)
     plt.close(fig)
-    return path
+    return out.getvalue()

@@ -1,6 +1,7 @@
 """The sign-off report: pytest-html hooks that open report.html with what a signer reads first.
 
-Top of the page, in this order: the verdict and the six checks (PASS/FAIL, one-line cause, links into
+Top of the page, in this order: the verdict and every check of acceptance/registry.py (the closeout
+pack's five, the overhead check, and any added after them: PASS/FAIL, one-line cause, links into
 the bundle), the overhead figures and histogram (inline, so the one file can be mailed), the sign-off
 block, then pytest-html's environment table (target, hosts, versions lock, run id, git commit) and its
 per-test table. Everything comes from the run's manifest (acceptance/plugin.py) and check 6's
@@ -65,7 +66,7 @@ class Row:
 
 
 def check_rows(manifest: dict[str, Any]) -> list[Row]:
-    """The six checks of the registry, in order, each with its outcome in this run (NOT RUN if absent)."""
+    """Every check of the registry, in order, each with its outcome in this run (NOT RUN if absent)."""
     recorded = {c["id"]: c for c in manifest.get("checks", [])}
     by_check: dict[str, list[str]] = {}
     for art in manifest.get("artifacts", []):
@@ -83,7 +84,7 @@ def check_rows(manifest: dict[str, Any]) -> list[Row]:
 
 
 def verdict(rows: Sequence[Row]) -> str:
-    """GO only when every one of the six checks passed."""
+    """GO only when every check of the registry passed."""
     return "GO" if rows and all(r.shown == "PASS" for r in rows) else "NO-GO"
 
 
@@ -192,7 +193,7 @@ def signoff_html(manifest: dict[str, Any], decision: str, who: str, when: str) -
     commit = ((manifest.get("versions") or {}).get("suite") or {})
     rev = commit.get("commit", "unknown") + (" (uncommitted changes)" if commit.get("dirty") else "")
     facts = [("verdict", f'<span class="verdict {decision}">{decision}</span>'),
-             ("rule", "GO only when all six checks passed"),
+             ("rule", f"GO only when all {len(registry.CHECKS)} checks passed"),
              ("date", escape(when)), ("run by", escape(who)), ("run id", escape(str(manifest.get("run_id")))),
              ("target", escape(str(manifest.get("target")))), ("git commit", escape(rev))]
     return '<table id="poc1-signoff"><tbody>' + "".join(

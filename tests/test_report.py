@@ -61,7 +61,7 @@ def write_bundle(bundle: Path, m: dict) -> None:
            "verdict": overhead_stats.judge(added, lag, comp, overhead_stats.Limits()).as_dict(),
            "completeness": comp, "method": {"added_latency": "interleaved A/B"}}
     (bundle / "overhead_benchmark.json").write_text(json.dumps(doc))
-    overhead_stats.histogram_png(bundle / "overhead_histogram.png", on, off, rng.gamma(2, 4, 200))
+    (bundle / "overhead_histogram.png").write_bytes(overhead_stats.histogram_png(on, off, rng.gamma(2, 4, 200)))
     (bundle / "manifest.json").write_text(json.dumps(m))
 
 
@@ -97,23 +97,32 @@ def pytest_html_session(tmp_path: Path, bundle: Path) -> Path:
 
 # --- the rules, on the HTML the plugin renders -----------------------------------------------------------
 
-def test_all_six_passed_is_go_and_anything_less_is_no_go() -> None:
-    six = {c.id: "passed" for c in registry.CHECKS}
-    assert report.verdict(report.check_rows(manifest(six))) == "GO"
-    for cid in six:
-        assert report.verdict(report.check_rows(manifest({**six, cid: "failed"}))) == "NO-GO", cid
-    five = {k: v for k, v in six.items() if k != "overhead"}
-    rows = report.check_rows(manifest(five))
+ALL = {c.id: "passed" for c in registry.CHECKS}
+
+
+def row(rows: list[report.Row], cid: str) -> report.Row:
+    (found,) = [r for r in rows if r.id == cid]
+    return found
+
+
+def test_all_passed_is_go_and_anything_less_is_no_go() -> None:
+    assert list(ALL)[:6] == ["service_status", "gateway_db_connect", "chat_call", "db_rows", "join_check",
+                             "overhead"]  # the closeout pack's five, then check 6, then any later ones
+    assert report.verdict(report.check_rows(manifest(ALL))) == "GO"
+    for cid in ALL:
+        assert report.verdict(report.check_rows(manifest({**ALL, cid: "failed"}))) == "NO-GO", cid
+    without_6 = {k: v for k, v in ALL.items() if k != "overhead"}
+    rows = report.check_rows(manifest(without_6))
     assert report.verdict(rows) == "NO-GO"
-    assert rows[-1].shown == "NOT RUN" and rows[-1].cause == "the check did not run"
-    assert report.check_rows(manifest({**six, "join_check": "skipped"}))[4].shown == "SKIPPED"
+    assert [r.id for r in rows] == list(ALL)
+    assert row(rows, "overhead").shown == "NOT RUN" and row(rows, "overhead").cause == "the check did not run"
+    assert row(report.check_rows(manifest({**ALL, "join_check": "skipped"})), "join_check").shown == "SKIPPED"
 
 
 def test_rows_link_every_artifact_of_their_check_relative_to_the_report(tmp_path: Path) -> None:
-    six = {c.id: "passed" for c in registry.CHECKS}
-    rows = report.check_rows(manifest(six))
-    assert rows[3].artifacts == ("requests_head.txt", "responses_head.txt")
-    assert rows[5].artifacts == ("overhead_benchmark.json", "overhead_histogram.png")
+    rows = report.check_rows(manifest(ALL))
+    assert row(rows, "db_rows").artifacts == ("requests_head.txt", "responses_head.txt")
+    assert row(rows, "overhead").artifacts == ("overhead_benchmark.json", "overhead_histogram.png")
     html = report.summary_html(rows, tmp_path / "evidence", tmp_path)
     assert 'href="evidence/join_check.txt"' in html
     html = report.summary_html(rows, tmp_path, tmp_path)
@@ -121,8 +130,7 @@ def test_rows_link_every_artifact_of_their_check_relative_to_the_report(tmp_path
 
 
 def test_causes_are_escaped_and_shown_only_for_failures() -> None:
-    six = {c.id: "passed" for c in registry.CHECKS}
-    m = manifest({**six, "chat_call": "failed"}, {"chat_call": "HTTP 500: <script>x</script>",
+    m = manifest({**ALL, "chat_call": "failed"}, {"chat_call": "HTTP 500: <script>x</script>",
                                                   "service_status": "stale cause"})
     html = report.summary_html(report.check_rows(m), Path("/b"), Path("/b"))
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x" not in html
@@ -137,7 +145,7 @@ chromium_only = pytest.mark.skipif(not chromium.available(), reason="no /usr/bin
 @chromium_only
 @pytest.mark.parametrize("broken", [None, "gateway_db_connect"])
 def test_report_as_rendered_by_chromium(tmp_path: Path, broken: str | None) -> None:
-    outcomes = {c.id: "passed" for c in registry.CHECKS}
+    outcomes = dict(ALL)
     causes = {}
     if broken:
         outcomes[broken] = "failed"
@@ -166,7 +174,7 @@ def test_report_as_rendered_by_chromium(tmp_path: Path, broken: str | None) -> N
     assert lay["summary"][0]["top"] < min(e["top"] for e in lay["environment"])
     # every link resolves to a file of the bundle
     hrefs = [a["href"] for a in lay["links"]]
-    assert len(hrefs) == 8  # 1 + 1 + 1 + 2 + 1 + 2
+    assert len(hrefs) == sum(len(c.artifacts) or 2 for c in registry.CHECKS)  # check 6: JSON + picture
     for href in hrefs:
         assert (page.parent / href).resolve().is_file(), href
         assert (page.parent / href).resolve().parent == bundle.resolve()
