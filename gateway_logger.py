@@ -463,6 +463,11 @@ def _ts(epoch: Any) -> datetime | None:
 # the on-disk spool
 
 
+def spool_tag(url: str | None) -> str:
+    """Names a spool's target database in its file names (a hash: the URL itself holds the password)."""
+    return hashlib.sha256((db_init.mask_url(url) if url else "none").encode()).hexdigest()[:12]
+
+
 class Spool:
     """JSONL segment files of normalized records; bounded by ``max_rows``; replayed oldest first.
 
@@ -565,8 +570,10 @@ class Spool:
                         records.append(json.loads(line))
                     except ValueError:
                         bad += 1  # a torn last line after a crash
-            if bad:
-                say(f"spool segment {path.name}: {bad} unreadable line(s) skipped")
+            if bad:  # they can never be written: take them off the count now, and say so
+                with self._lock:
+                    self.rows = max(0, self.rows - bad)
+                say(f"spool segment {path.name}: {bad} unreadable line(s) dropped")
             return path, fd, records
         return None
 
@@ -818,8 +825,8 @@ class Writer:
 
     def _setup(self) -> None:
         self.url = self._resolve_url()
-        tag = hashlib.sha256((db_init.mask_url(self.url) if self.url else "none").encode()).hexdigest()[:12]
-        self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_rows, self.settings.batch_max, tag)
+        self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_rows, self.settings.batch_max,
+                           spool_tag(self.url))
         if not self.url:
             say(f"no database URL (general_settings.gateway_logger_db_url or {db_init.URL_ENV}); "
                 "rows go to the spool and are dropped past its bound")

@@ -307,3 +307,20 @@ def test_sigterm_flushes_to_spool_and_the_spool_is_replayed(own_pg: PgServer, ou
         w.stop()
     rows = logged_rows(url, ids)
     assert len(rows) == 30 and all(len(r["responses"]) == 1 for r in rows.values())
+
+
+def test_torn_spool_line_is_dropped_and_the_rest_replayed(log_db: str, tmp_path: Path, writers,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """A crash can leave a half-written last line; the segment's other rows must still arrive."""
+    ids = _ids(3)
+    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i), failed=False)) for i in ids]
+    lines = [json.dumps(r) for r in records] + ['{"request": {"request_id": "torn']
+    (tmp_path / f"spool-{gateway_logger.spool_tag(log_db)}-1-1-1.jsonl").write_text("\n".join(lines))
+    foreign_id = _ids(1)[0]  # a spool meant for another database stays where it is
+    foreign = tmp_path / f"spool-{gateway_logger.spool_tag(log_db + '_other')}-1-1-1.jsonl"
+    foreign.write_text(json.dumps(gateway_logger.normalize(gateway_logger.capture(litellm_call(foreign_id), False))))
+    w = writers(log_db, tmp_path)
+    assert w.flush(15), w.stats.snapshot()
+    assert sorted(logged_rows(log_db, ids + [foreign_id])) == sorted(ids)
+    assert foreign.exists()
+    assert "1 unreadable line(s) dropped" in capfd.readouterr().err
