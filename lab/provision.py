@@ -243,8 +243,11 @@ def set_gateway_db_url(values: dict[str, str], tls_on: bool) -> bool:
 
 def tls_state() -> str:
     """on (hostssl + verify-full), off (host + sslmode=disable), or what is mixed, from the hosts' files."""
-    hba = (DB.root / HBA_FILE.lstrip("/")).read_text()
-    env = (GATEWAY.root / GATEWAY_ENV.lstrip("/")).read_text()
+    try:
+        hba = (DB.root / HBA_FILE.lstrip("/")).read_text()
+        env = (GATEWAY.root / GATEWAY_ENV.lstrip("/")).read_text()
+    except OSError:  # a host not built (yet)
+        return "unknown"
     required = any(ln.split()[:3] == ["hostssl", layout.DB_NAME, layout.DB_USER] for ln in hba.splitlines())
     verified = "sslmode=verify-full" in env
     if required and verified:
