@@ -260,6 +260,11 @@ def test_versions_lock_change_is_flagged_with_the_changed_component(tmp_path: Pa
     assert "litellm: 1.108.0 -> 1.109.0" in moved.record.alarms[0].text
     assert "postgres" not in moved.record.alarms[0].text
     assert "version litellm: 1.108.0 -&gt; 1.109.0" in (runs / "index.html").read_text()
+    old_sha, new_sha = "a" * 64, "b" * 64
+    quiet_run(settings(runs), fake_producer(digest="ccc", versions={"files": {"db_init.py": old_sha}}))
+    hashed = quiet_run(settings(runs), fake_producer(digest="ddd", versions={"files": {"db_init.py": new_sha}}))
+    assert f"files.db_init.py: {'a' * 12} -> {'b' * 12}" in hashed.record.alarms[0].text
+    assert old_sha not in hashed.record.alarms[0].text
 
 
 def test_pinned_baseline_overrides_the_rolling_median(tmp_path: Path) -> None:

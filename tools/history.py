@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -224,9 +225,19 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_HASH = re.compile(r"^[0-9a-f]{32,}$")
+
+
+def _short(value: str | None) -> str:
+    """A sha1/sha256 shown as its first 12 hex digits (enough to tell two apart, readable in a line)."""
+    if value is None:
+        return "(none)"
+    return value[:12] if _HASH.match(value) else value
+
+
 def version_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flat(old), _flat(new)
-    return [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}"
+    return [f"{k}: {_short(a.get(k))} -> {_short(b.get(k))}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
