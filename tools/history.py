@@ -17,8 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acceptance.registry import CHECKS
+
 HISTORY_NAME = "history.jsonl"
-CHECK_IDS = ("service_status", "gateway_db_connect", "chat_call", "db_rows", "join_check", "overhead")
+#: the suite's checks in their order (acceptance/registry.py is the one list)
+CHECK_IDS: tuple[str, ...] = tuple(c.id for c in CHECKS)
+
+
+def check_columns(records: "list[RunRecord]") -> list[str]:
+    """The registry's checks, then any other id an older run recorded (a check since renamed/removed)."""
+    seen = {c for r in records for c in r.checks}
+    return [*CHECK_IDS, *sorted(seen - set(CHECK_IDS))]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tools.history import CHECK_IDS, RunRecord, changes
+from tools.history import RunRecord, changes, check_columns
 
 ACCEPTANCE_P95_MS = 5.0  # the closeout pack's "<5 ms DB logging overhead"
 INCOMPLETE_MARKER = "INCOMPLETE"
@@ -130,10 +130,10 @@ def _run_link(runs_dir: Path, r: RunRecord) -> str:
     return f'{_e(r.run_id)} <span class="sub">(folder pruned)</span>'
 
 
-def _row(runs_dir: Path, r: RunRecord, prev: RunRecord | None) -> str:
+def _row(runs_dir: Path, r: RunRecord, prev: RunRecord | None, columns: list[str]) -> str:
     checks = "".join(
         f'<td class="{_e(r.checks.get(c, "skipped"))}" title="{_e(c)}: {_e(r.checks.get(c, "absent"))}">'
-        f'{_CHECK_SYMBOL.get(r.checks.get(c, ""), DASH)}</td>' for c in CHECK_IDS)
+        f'{_CHECK_SYMBOL.get(r.checks.get(c, ""), DASH)}</td>' for c in columns)
     diff = changes(prev, r)
     flags = "".join(f"<li>{_e(a.text)}</li>" for a in r.alarms)
     cause = f"<li>{_e(r.cause)}</li>" if r.cause else ""
@@ -167,8 +167,9 @@ def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> 
     shown = records[-max_rows:]
     latest = shown[-1] if shown else None
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    head = "".join(f'<th title="{_e(c)}">{i}</th>' for i, c in enumerate(CHECK_IDS, 1))
-    rows = [_row(runs_dir, r, shown[i - 1] if i else None) for i, r in enumerate(shown)]
+    columns = check_columns(shown)
+    head = "".join(f'<th title="{_e(c)}">{i}</th>' for i, c in enumerate(columns, 1))
+    rows = [_row(runs_dir, r, shown[i - 1] if i else None, columns) for i, r in enumerate(shown)]
     summary = (f'Latest run <b>{_e(latest.run_id)}</b> ({_e(latest.time)}, target {_e(latest.target)}): '
                f'<span class="badge {_e(latest.verdict)}">{_e(latest.verdict)}</span>') if latest else "No run yet."
     alarm = ""
@@ -178,7 +179,7 @@ def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> 
     incomplete = incomplete_folders(runs_dir)
     inc_html = ("<ul>" + "".join(f"<li><code>{_e(name)}</code> {_e(note)}</li>" for name, note in incomplete)
                 + "</ul>") if incomplete else "<p>None.</p>"
-    legend = " ".join(f"{i}={_e(c)}" for i, c in enumerate(CHECK_IDS, 1))
+    legend = " ".join(f"{i}={_e(c)}" for i, c in enumerate(columns, 1))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>POC-1 scheduled acceptance runs</title>
 <style>{_CSS}</style></head><body>
