@@ -401,8 +401,9 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
     except Interrupted as exc:
         if folder is not None and (folder / INCOMPLETE).exists():
             _write_synced(folder / INCOMPLETE, f"killed by {exc} at {_now()}; no history line written\n", "a")
-        print(f"regression: interrupted by {exc}; {folder.name if folder else 'no run folder'} left INCOMPLETE",
-              file=out)
+            print(f"regression: interrupted by {exc}; {folder.name} left INCOMPLETE", file=out)
+        else:  # after the commit: the run is in the history; only pruning or the page may be stale
+            print(f"regression: interrupted by {exc} after the run was recorded", file=out)
         return Outcome(128 + exc.signum, folder, None)
     finally:
         for s, h in previous_handlers.items():
