@@ -42,7 +42,8 @@ def manifest(run_id: str, *, verdict: str = "GO", digest: str = "lock-a", versio
         "checks": [{"id": c, "title": c, "outcome": outcomes.get(c, "passed"),
                     "cause": None if outcomes.get(c, "passed") == "passed" else f"{c} broke (fake)",
                     "artifacts": [], "duration_s": 0.1} for c in CHECK_IDS],
-        "artifacts": [], "versions": versions or {"litellm": "1.0", "lock": digest}, "versions_digest": digest,
+        "artifacts": [], "versions": versions or {"litellm": "1.0", "lock": digest},
+        "versions_digest": digest,
     }
 
 
@@ -176,7 +177,8 @@ def assert_page_renders(page: Path, tmp: Path, run_ids: list[str]) -> str:
 def test_two_scheduled_runs_make_two_folders_two_lines_and_a_page_showing_both(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     first = quiet_run(settings(runs), fake_producer(p95=1.0))
-    second = quiet_run(settings(runs), fake_producer(p95=1.1, outcomes={"chat_call": "failed"}, verdict="NO-GO"))
+    second = quiet_run(settings(runs),
+                       fake_producer(p95=1.1, outcomes={"chat_call": "failed"}, verdict="NO-GO"))
 
     assert (first.exit_code, second.exit_code) == (R.EXIT_GO, R.EXIT_NO_GO)
     assert [p.name for p in folders(runs)] == [first.folder.name, second.folder.name]
@@ -253,8 +255,9 @@ def test_small_or_sub_threshold_changes_raise_no_alarm(tmp_path: Path) -> None:
 
 def test_versions_lock_change_is_flagged_with_the_changed_component(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    quiet_run(settings(runs), fake_producer(digest="aaa", versions={"litellm": "1.108.0", "postgres": "15.8"}))
-    moved = quiet_run(settings(runs), fake_producer(digest="bbb", versions={"litellm": "1.109.0", "postgres": "15.8"}))
+    before, after = {"litellm": "1.108.0", "postgres": "15.8"}, {"litellm": "1.109.0", "postgres": "15.8"}
+    quiet_run(settings(runs), fake_producer(digest="aaa", versions=before))
+    moved = quiet_run(settings(runs), fake_producer(digest="bbb", versions=after))
     assert moved.exit_code == R.EXIT_REGRESSION
     assert [a.kind for a in moved.record.alarms] == ["versions"]
     assert "litellm: 1.108.0 -> 1.109.0" in moved.record.alarms[0].text
@@ -262,7 +265,8 @@ def test_versions_lock_change_is_flagged_with_the_changed_component(tmp_path: Pa
     assert "version litellm: 1.108.0 -&gt; 1.109.0" in (runs / "index.html").read_text()
     old_sha, new_sha = "a" * 64, "b" * 64
     quiet_run(settings(runs), fake_producer(digest="ccc", versions={"files": {"db_init.py": old_sha}}))
-    hashed = quiet_run(settings(runs), fake_producer(digest="ddd", versions={"files": {"db_init.py": new_sha}}))
+    hashed = quiet_run(settings(runs),
+                       fake_producer(digest="ddd", versions={"files": {"db_init.py": new_sha}}))
     assert f"files.db_init.py: {'a' * 12} -> {'b' * 12}" in hashed.record.alarms[0].text
     assert old_sha not in hashed.record.alarms[0].text
 
@@ -291,14 +295,15 @@ def test_suite_that_leaves_no_manifest_is_a_no_go_line_with_its_cause(tmp_path: 
     assert out.exit_code == R.EXIT_NO_GO
     (rec,) = read_history(runs / "history.jsonl")
     assert rec.verdict == "NO-GO" and rec.checks == {}
-    assert rec.cause == "the suite wrote no manifest.json (exit 2): validate: gateway: cannot reach 10.231.0.18:22 (timed out)"
+    assert rec.cause == ("the suite wrote no manifest.json (exit 2): "
+                         "validate: gateway: cannot reach 10.231.0.18:22 (timed out)")
 
 
 def test_retention_keeps_the_last_n_and_never_the_newest_go(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     go = quiet_run(settings(runs, keep=2), fake_producer())
-    nogos = [quiet_run(settings(runs, keep=2), fake_producer(verdict="NO-GO", outcomes={"join_check": "failed"}))
-             for _ in range(3)]
+    broken = {"join_check": "failed"}
+    nogos = [quiet_run(settings(runs, keep=2), fake_producer(verdict="NO-GO", outcomes=broken)) for _ in range(3)]
     kept = [p.name for p in folders(runs)]
     assert kept == [go.folder.name, nogos[1].folder.name, nogos[2].folder.name]
     assert len(read_history(runs / "history.jsonl")) == 4  # history is never pruned

@@ -283,7 +283,8 @@ def _clip(text: str) -> str:
 def _last_line(path: Path) -> str:
     """The suite's last ERROR line (pytest's usage errors say what is wrong), else its last line."""
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     except OSError:
         return ""
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
@@ -440,8 +441,10 @@ def _judge(settings: Settings, pinned: Baseline | None, folder: Path, started: d
 
 def _report(r: RunRecord, folder: Path, pruned: list[str], out: TextIO) -> None:
     p95 = f"{r.overhead.p95_ms:.3f} ms" if r.overhead.p95_ms is not None else "not measured"
-    base = f"{r.baseline.p95_ms:.3f} ms, {r.baseline.source}" if r.baseline and r.baseline.p95_ms is not None \
-        else (r.baseline.source if r.baseline else "none")
+    if r.baseline and r.baseline.p95_ms is not None:
+        base = f"{r.baseline.p95_ms:.3f} ms, {r.baseline.source}"
+    else:
+        base = r.baseline.source if r.baseline else "none"
     print(f"regression: run {r.run_id} target={r.target} verdict={r.verdict} overhead p95={p95} "
           f"(baseline {base}) -> {folder}", file=out)
     if r.cause:
@@ -487,13 +490,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="... and by more than this many ms -> alarm [1.0]")
     p.add_argument("--baseline-window", type=int, default=int(_env("POC1_REGRESSION_BASELINE_WINDOW", "5")),
                    help="median of the last N GO runs [5]")
-    p.add_argument("--baseline-min-runs", type=int, default=int(_env("POC1_REGRESSION_BASELINE_MIN_RUNS", "3")),
+    p.add_argument("--baseline-min-runs", type=int,
+                   default=int(_env("POC1_REGRESSION_BASELINE_MIN_RUNS", "3")),
                    help="no overhead alarm before this many GO runs [3]")
     p.add_argument("--baseline-file", type=Path, default=None,
-                   help="pinned baseline {\"p95_ms\": ...}; overrides the rolling median [RUNS_DIR/baseline.json]")
+                   help="pinned baseline {\"p95_ms\": ...}; overrides the rolling median "
+                        "[RUNS_DIR/baseline.json]")
     p.add_argument("--pin", metavar="RUN_ID", help="pin RUN_ID's overhead p95 as the baseline and exit")
-    p.add_argument("--suite-timeout", type=float, default=float(_env("POC1_REGRESSION_SUITE_TIMEOUT", "1800")))
-    p.add_argument("--suite-arg", action="append", default=shlex.split(_env("POC1_REGRESSION_SUITE_ARGS", "")),
+    p.add_argument("--suite-timeout", type=float,
+                   default=float(_env("POC1_REGRESSION_SUITE_TIMEOUT", "1800")))
+    p.add_argument("--suite-arg", action="append",
+                   default=shlex.split(_env("POC1_REGRESSION_SUITE_ARGS", "")),
                    help="extra argument passed to tools.validate (repeatable) [$POC1_REGRESSION_SUITE_ARGS]")
     args = p.parse_args(argv)
     if args.keep < 1 or args.baseline_window < 1 or args.baseline_min_runs < 1:
@@ -505,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings(
         hosts=args.hosts, runs_dir=args.runs_dir, keep=args.keep,
-        policy=AlarmPolicy(args.threshold_pct, args.threshold_ms, args.baseline_window, args.baseline_min_runs),
+        policy=AlarmPolicy(args.threshold_pct, args.threshold_ms, args.baseline_window,
+                           args.baseline_min_runs),
         baseline_file=args.baseline_file, suite_timeout_s=args.suite_timeout, suite_args=args.suite_arg)
     if args.pin:
         try:

@@ -89,9 +89,10 @@ def overhead_svg(records: list[RunRecord]) -> str:
         parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#8a94a6"/>')
     parts.append(f'<text x="14" y="{_T + ph / 2}" transform="rotate(-90 14 {_T + ph / 2})" '
                  f'text-anchor="middle">overhead p95 (ms)</text>')
-    parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(ACCEPTANCE_P95_MS):.1f}" y2="{y(ACCEPTANCE_P95_MS):.1f}" '
-                 f'stroke="#c0392b" stroke-dasharray="6 4"/><text x="{_L + pw - 4}" '
-                 f'y="{y(ACCEPTANCE_P95_MS) - 4:.1f}" text-anchor="end">acceptance limit {ACCEPTANCE_P95_MS:g} ms</text>')
+    limit_y = y(ACCEPTANCE_P95_MS)
+    parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{limit_y:.1f}" y2="{limit_y:.1f}" stroke="#c0392b" '
+                 f'stroke-dasharray="6 4"/><text x="{_L + pw - 4}" y="{limit_y - 4:.1f}" text-anchor="end">'
+                 f'acceptance limit {ACCEPTANCE_P95_MS:g} ms</text>')
     base_pts = [f"{x(i):.1f},{y(r.baseline.p95_ms):.1f}" for i, r in enumerate(records)
                 if r.baseline and r.baseline.p95_ms is not None]
     if base_pts:
@@ -112,7 +113,8 @@ def overhead_svg(records: list[RunRecord]) -> str:
         ring = (f'<circle cx="{x(i):.1f}" cy="{y(r.overhead.p95_ms):.1f}" r="9" fill="none" stroke="#d9822b" '
                 f'stroke-width="3"/>' if r.flagged else "")
         parts.append(f'{ring}<circle class="run" data-run="{_e(r.run_id)}" cx="{x(i):.1f}" '
-                     f'cy="{y(r.overhead.p95_ms):.1f}" r="5" fill="{colour}"><title>{_e(label)}</title></circle>')
+                     f'cy="{y(r.overhead.p95_ms):.1f}" r="5" fill="{colour}">'
+                     f'<title>{_e(label)}</title></circle>')
     for i, anchor in sorted({(0, "start" if n > 1 else "middle"), (n - 1, "end" if n > 1 else "middle")}):
         parts.append(f'<text x="{x(i):.1f}" y="{_H - 22}" text-anchor="{anchor}">'
                      f'{_e(records[i].time[:16].replace("T", " "))}</text>')
@@ -170,8 +172,10 @@ def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> 
     columns = check_columns(shown)
     head = "".join(f'<th title="{_e(c)}">{i}</th>' for i, c in enumerate(columns, 1))
     rows = [_row(runs_dir, r, shown[i - 1] if i else None, columns) for i, r in enumerate(shown)]
-    summary = (f'Latest run <b>{_e(latest.run_id)}</b> ({_e(latest.time)}, target {_e(latest.target)}): '
-               f'<span class="badge {_e(latest.verdict)}">{_e(latest.verdict)}</span>') if latest else "No run yet."
+    summary = "No run yet."
+    if latest:
+        summary = (f'Latest run <b>{_e(latest.run_id)}</b> ({_e(latest.time)}, target {_e(latest.target)}): '
+                   f'<span class="badge {_e(latest.verdict)}">{_e(latest.verdict)}</span>')
     alarm = ""
     if latest and latest.flagged:
         alarm = ('<div class="alarm"><b>Regression alarm on the latest run</b><ul>'
@@ -192,7 +196,8 @@ def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> 
 <p class="sub">Checks: {legend}. Overhead figures in ms (added latency of DB logging); baseline = the p95 the
 run was compared with.</p>
 <table id="runs"><thead><tr><th>time (UTC)</th><th>run id</th><th>target</th><th>verdict</th>{head}
-<th>p50</th><th>p95</th><th>p99</th><th>baseline p95</th><th>versions</th><th>flags and changes since the previous run</th>
+<th>p50</th><th>p95</th><th>p99</th><th>baseline p95</th><th>versions</th>
+<th>flags and changes since the previous run</th>
 </tr></thead><tbody>
 {os.linesep.join(reversed(rows))}
 </tbody></table>
