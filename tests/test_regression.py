@@ -303,7 +303,8 @@ def test_retention_keeps_the_last_n_and_never_the_newest_go(tmp_path: Path) -> N
     runs = tmp_path / "runs"
     go = quiet_run(settings(runs, keep=2), fake_producer())
     broken = {"join_check": "failed"}
-    nogos = [quiet_run(settings(runs, keep=2), fake_producer(verdict="NO-GO", outcomes=broken)) for _ in range(3)]
+    nogos = [quiet_run(settings(runs, keep=2), fake_producer(verdict="NO-GO", outcomes=broken))
+             for _ in range(3)]
     kept = [p.name for p in folders(runs)]
     assert kept == [go.folder.name, nogos[1].folder.name, nogos[2].folder.name]
     assert len(read_history(runs / "history.jsonl")) == 4  # history is never pruned
