@@ -262,7 +262,8 @@ def test_versions_lock_change_is_flagged_with_the_changed_component(tmp_path: Pa
     assert [a.kind for a in moved.record.alarms] == ["versions"]
     assert "litellm: 1.108.0 -> 1.109.0" in moved.record.alarms[0].text
     assert "postgres" not in moved.record.alarms[0].text
-    assert "version litellm: 1.108.0 -&gt; 1.109.0" in (runs / "index.html").read_text()
+    page = (runs / "index.html").read_text()
+    assert "litellm: 1.108.0 -&gt; 1.109.0" in page and "VERSIONS CHANGED" in page
     old_sha, new_sha = "a" * 64, "b" * 64
     quiet_run(settings(runs), fake_producer(digest="ccc", versions={"files": {"db_init.py": old_sha}}))
     hashed = quiet_run(settings(runs),

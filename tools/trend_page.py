@@ -33,11 +33,12 @@ th{background:#f4f6f9;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.passed{color:#1f8a3b} td.failed,td.error{color:#c0392b;font-weight:600} td.skipped{color:#8a94a6}
 tr.flagged td{background:#fff8ef}
-ul.chg{margin:0;padding-left:16px} code{font-size:12px}
+ul.chg{margin:0;padding-left:16px;overflow-wrap:anywhere} code{font-size:12px}
 svg text{font:11px system-ui,sans-serif;fill:#5b6575}
 """
 
 DASH = "\u2013"
+_ALARM_BADGE = {"overhead": "REGRESSION", "versions": "VERSIONS CHANGED"}
 _CHECK_SYMBOL = {"passed": "\u2713", "failed": "\u2717", "error": "!", "skipped": DASH}
 
 
@@ -81,8 +82,9 @@ def overhead_svg(records: list[RunRecord]) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="overhead-plot" width="{_W}" height="{_H}" '
              f'viewBox="0 0 {_W} {_H}" role="img" aria-label="overhead p95 per run">',
              f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e7ee"/>']
-    for k in range(5):
-        v = bottom + (top - bottom) * k / 4
+    step = _nice_top((top - bottom) / 5)
+    for k in range(math.ceil(bottom / step), math.floor(top / step) + 1):
+        v = round(k * step, 6)
         parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eef1f5"/>'
                      f'<text x="{_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
     if bottom < 0:
@@ -137,9 +139,12 @@ def _row(runs_dir: Path, r: RunRecord, prev: RunRecord | None, columns: list[str
         f'<td class="{_e(r.checks.get(c, "skipped"))}" title="{_e(c)}: {_e(r.checks.get(c, "absent"))}">'
         f'{_CHECK_SYMBOL.get(r.checks.get(c, ""), DASH)}</td>' for c in columns)
     diff = changes(prev, r)
+    if any(a.kind == "versions" for a in r.alarms):  # the alarm itemises the changed versions already
+        diff = [c for c in diff if not c.startswith("version")]
     flags = "".join(f"<li>{_e(a.text)}</li>" for a in r.alarms)
     cause = f"<li>{_e(r.cause)}</li>" if r.cause else ""
-    regression = ' <span class="badge flag">REGRESSION</span>' if r.flagged else ""
+    regression = "".join(f' <span class="badge flag">{_ALARM_BADGE.get(kind, kind.upper())}</span>'
+                         for kind in dict.fromkeys(a.kind for a in r.alarms))
     return (
         f'<tr class="{"flagged" if r.flagged else ""}" id="run-{_e(r.run_id)}">'
         f"<td>{_e(r.time)}</td><td>{_run_link(runs_dir, r)}</td><td>{_e(r.target)}</td>"
