@@ -6,11 +6,13 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 APT_PACKAGES := postgresql openssh-server openssh-client systemd-container debootstrap iproute2 chromium
 TEST_ARGS ?=
 
-.PHONY: help deps validate test test-fast bench lab-up lab-down lab-status clean
+.PHONY: help deps validate regression test test-fast bench lab-up lab-down lab-status clean
+REGRESSION_ARGS ?=
 
 help:
 	@echo "make validate [HOSTS=local|lab]  run the six acceptance checks, write POC-1/evidence/ + report.html"
 	@echo "make test                        install everything, bring up the embedded lab, run the project's tests"
+	@echo "make regression [HOSTS=lab]      scheduled-style run: POC-1/runs/<run>/, history.jsonl, trend page, alarms"
 	@echo "make bench                       the logger benchmarks (tests/benchmarks)"
 	@echo "make lab-up | lab-down | lab-status"
 
@@ -29,10 +31,13 @@ deps:
 validate: deps
 	$(PY) -m tools.validate --hosts $(HOSTS)
 
+regression: deps
+	$(PY) -m tools.regression --hosts $(HOSTS) $(REGRESSION_ARGS)
+
 ## test: the project's own tests; the lab is brought up first and torn down by the last test file
 test: deps
 	$(PY) -m lab up
-	$(PY) -m pytest tests -p no:cacheprovider -q -rfEs $(TEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider -q -rfEs $(TEST_ARGS)
 
 ## test-fast: only the tests that need no lab
 test-fast: deps

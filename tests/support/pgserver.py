@@ -100,12 +100,17 @@ class PgServer:
 
     def freeze(self) -> None:
         """SIGSTOP the postmaster and every backend: connections hang instead of failing."""
-        for pid in self._cluster_pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
         for pid in self._cluster_pids():
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:  # a backend that exited between pgrep and kill
+                pass
 
     def _cluster_pids(self) -> list[int]:
         main = self.pid()
