@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import json
 import os
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from tools import trend_page
+from tools.runlock import try_lock
 from tools.history import (
     HISTORY_NAME,
     Alarm,
@@ -192,16 +192,7 @@ def redactor(hosts: str, inventory: Path = REPO / "hosts.yml") -> Callable[[str]
 
 def acquire_lock(runs_dir: Path) -> int | None:
     """The run lock's fd, or None when another run holds it. Released by the kernel if we die."""
-    path = runs_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} since {_now()}\n".encode())
-    return fd
+    return try_lock(runs_dir / LOCK_NAME, f"pid {os.getpid()} since {_now()}")
 
 
 def lock_holder(runs_dir: Path) -> str:

@@ -21,7 +21,6 @@ start, or it wrote no manifest), with the reason on the last line.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from tools.runlock import try_lock
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EVIDENCE = REPO / "POC-1" / "evidence"
@@ -91,16 +92,7 @@ def lock_path(evidence: Path) -> Path:
 def lock_bundle(evidence: Path) -> int | None:
     """An exclusive lock on the bundle for this run (two runs into one directory would mix their
     files); None when another validate run holds it. Released by the kernel when we exit."""
-    path = lock_path(evidence)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()}\n".encode())
-    return fd
+    return try_lock(lock_path(evidence), f"pid {os.getpid()}")
 
 
 def bench_scratch(evidence: Path) -> Path:
