@@ -9,7 +9,10 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
+from tests.support import netguard  # noqa: E402
 from tests.support.pgserver import PgServer  # noqa: E402
+
+netguard.install()  # Python sockets in the project's tests reach only loopback and the lab's bridge
 
 
 @pytest.fixture(scope="session")
