@@ -9,9 +9,12 @@ loop's default thread pool. A database write on either stalls the whole gateway 
 slow or frozen. So the callback only captures references and puts them on a bounded in-memory queue;
 one dedicated writer thread turns them into rows and writes them in batches (one multi-row
 ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` per table, one transaction per batch), so a replay
-never duplicates. When PostgreSQL is down or frozen rows wait: in the queue, then (queue full) in
-JSONL spool files on disk, which the writer replays once the database is back. Rows are lost only
-past ``queue max + batch max (in flight) + spool max rows``, and then counted and logged.
+never duplicates. One exception: LiteLLM retries a failed attempt inside the same call (same call id,
+``x-litellm-attempted-retries``), so a failure event can precede the success the client got; that
+success replaces the failure's rows (``rows_replaced``), never the other way round. When PostgreSQL
+is down or frozen rows wait: in the queue, then (queue full) in JSONL spool files on disk, which the
+writer replays once the database is back. Rows are lost only past ``queue max + batch max (in flight)
++ spool max rows``, and then counted and logged.
 
 Database URL: ``general_settings.gateway_logger_db_url`` of the proxy config (``os.environ/NAME``
 references are resolved), else the environment variable ``POC1_DB_URL``.
@@ -68,7 +71,7 @@ except ImportError:  # loaded by LiteLLM from beside config.yaml, without that d
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import db_init
 
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, delete, event, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -199,8 +202,8 @@ SETTINGS_ENV = {
 class Stats:
     """The writer's counters in one place; ``snapshot()`` is what metrics exporters read."""
 
-    COUNTERS = ("rows_received", "rows_written", "rows_duplicate", "rows_spooled", "rows_replayed",
-                "rows_rejected", "rows_degraded", "rows_dropped", "batches", "batch_failures",
+    COUNTERS = ("rows_received", "rows_written", "rows_replaced", "rows_duplicate", "rows_spooled",
+                "rows_replayed", "rows_rejected", "rows_degraded", "rows_dropped", "batches", "batch_failures",
                 "pool_checkouts", "pool_connects", "watchdog_fired", "connection_losses")
 
     def __init__(self) -> None:
@@ -215,6 +218,12 @@ class Stats:
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._c[name] += n
+
+    def count_written(self, written: "Written") -> None:
+        with self._lock:
+            self._c["rows_written"] += written.inserted
+            self._c["rows_replaced"] += written.replaced
+            self._c["rows_duplicate"] += written.duplicate
 
     def observe_batch(self, seconds: float) -> None:
         with self._lock:
@@ -457,6 +466,35 @@ def degrade(record: Mapping[str, Any], cause: str) -> dict[str, Any]:
 
 def _ts(epoch: Any) -> datetime | None:
     return datetime.fromtimestamp(epoch, timezone.utc) if isinstance(epoch, (int, float)) else None
+
+
+#: HTTP statuses from here on are failures (a 4xx/5xx answer, or 0 for a row rebuilt after an error)
+FAILED_FROM = 400
+
+
+def _succeeded(request: Mapping[str, Any]) -> bool:
+    status = request.get("status_code")
+    return isinstance(status, int) and 0 < status < FAILED_FROM
+
+
+def outcome_per_call(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One record per call id: the first, unless a later one is the success of a call first logged as
+    failed (a retried attempt). Two records for one id in one INSERT would link two responses to it."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for r in records:
+        rid = r["request"]["request_id"]
+        kept = chosen.get(rid)
+        if kept is None or (_succeeded(r["request"]) and not _succeeded(kept["request"])):
+            chosen[rid] = r
+    return chosen
+
+
+class Written(NamedTuple):
+    """What one transaction did with its records."""
+
+    inserted: int
+    replaced: int  #: failures of earlier events replaced by this success
+    duplicate: int  #: already logged with this outcome (a replay), or repeated within the batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -982,15 +1020,13 @@ class Writer:
             self._say_drop(f"rows dropped: {self.stats['rows_dropped']} so far ({why}; queue max "
                            f"{self.settings.queue_max} and spool max {self.settings.spool_max_rows} rows reached)")
 
-    def _insert(self, records: list[dict[str, Any]]) -> tuple[int, int]:
+    def _insert(self, records: list[dict[str, Any]]) -> "Written":
         """One transaction: multi-row INSERT of requests (ON CONFLICT DO NOTHING, RETURNING id), then
-        their responses. Returns (inserted, duplicates)."""
+        the upgrade of earlier failures by later successes of the same calls, then the responses."""
         assert self.engine is not None
-        first: dict[str, dict[str, Any]] = {}
-        for r in records:  # a call logged twice in one batch would link two responses to one id
-            first.setdefault(r["request"]["request_id"], r)
+        chosen = outcome_per_call(records)
         req_params = []
-        for r in first.values():
+        for r in chosen.values():
             p = dict(r["request"])
             p["start_time"], p["end_time"] = _ts(p.get("start_time")), _ts(p.get("end_time"))
             req_params.append(p)
@@ -1001,17 +1037,37 @@ class Writer:
                 # so the transaction (and created_at = now()) starts after it: the lag is visible in the rows.
                 time.sleep(self.settings.test_delay_ms / 1000.0)
             ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
-            resp_params = [dict(first[rid]["response"], request_id_fk=pk) for rid, pk in ids.items()]
+            # rare path: a call already logged; a success replaces a failure logged for it before
+            successes = [p for p in req_params if p["request_id"] not in ids and _succeeded(p)]
+            replaced = self._replace_failures(conn, successes) if successes else {}
+            resp_params = [dict(chosen[rid]["response"], request_id_fk=pk)
+                           for rid, pk in (*ids.items(), *replaced.items())]
             if resp_params:
                 conn.execute(pg_insert(Response), resp_params)
-        return len(ids), len(records) - len(ids)
+        return Written(len(ids), len(replaced), len(records) - len(ids) - len(replaced))
+
+    @staticmethod
+    def _replace_failures(conn: Any, successes: list[dict[str, Any]]) -> dict[str, int]:
+        """LiteLLM retries inside one call: the failed attempt's event can come first, under the same
+        call id, then the success the client got. Upgrade such rows (request_id -> id) and drop the
+        failure's response row; a row already logged as a success is left as it is."""
+        stmt = pg_insert(Request)
+        columns = [c for c in successes[0] if c != "request_id"]
+        stmt = (stmt.on_conflict_do_update(
+            index_elements=[Request.request_id], set_={c: stmt.excluded[c] for c in columns},
+            where=(Request.status_code >= FAILED_FROM) & (stmt.excluded.status_code < FAILED_FROM))
+            .returning(Request.id, Request.request_id))
+        replaced = {rid: pk for pk, rid in conn.execute(stmt, successes).all()}
+        if replaced:
+            conn.execute(delete(Response).where(Response.request_id_fk.in_(list(replaced.values()))))
+        return replaced
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         """Write a batch; isolate bad rows; raise _Outage (rows kept) if the database is the problem."""
         self._arm()
         t0 = time.perf_counter()
         try:
-            inserted, dup = self._insert(records)
+            written = self._insert(records)
         except Exception as exc:
             if not _is_row_error(exc):
                 self.stats.add("batch_failures")
@@ -1022,8 +1078,7 @@ class Writer:
         finally:
             self._disarm()
         self.stats.observe_batch(time.perf_counter() - t0)
-        self.stats.add("rows_written", inserted)
-        self.stats.add("rows_duplicate", dup)
+        self.stats.count_written(written)
         self._up()
 
     def _write_one_by_one(self, records: list[dict[str, Any]], batch_exc: BaseException) -> None:
@@ -1035,7 +1090,7 @@ class Writer:
                         candidate = degrade(record, db_init.one_line_cause(batch_exc, self.url))
                     self._arm()
                     try:
-                        inserted, dup = self._insert([candidate])
+                        written = self._insert([candidate])
                     except Exception as exc:
                         if not _is_row_error(exc):
                             self._down(exc)
@@ -1049,8 +1104,7 @@ class Writer:
                         continue
                     finally:
                         self._disarm()
-                    self.stats.add("rows_written", inserted)
-                    self.stats.add("rows_duplicate", dup)
+                    self.stats.count_written(written)
                     if attempt == 1:
                         self.stats.add("rows_degraded")
                         self._say_reject(f"row {record['request'].get('request_id')} stored without its "

@@ -17,7 +17,7 @@ from sqlalchemy import String, cast, func, or_, select
 
 import db_init
 import gateway_logger
-from tests.support.gateway import Gateway, litellm_call, logged_rows, wait_for_rows
+from tests.support.gateway import FAIL_ONCE, Gateway, litellm_call, logged_rows, wait_for_rows
 from tests.support.pgserver import PgServer
 
 
@@ -194,6 +194,78 @@ def test_upstream_down_5xx_is_logged(gateway: Gateway, log_db: str, client: http
     rows = wait_for_rows(log_db, [call_id], timeout=5.0)
     assert rows[call_id]["status_code"] == answer.status_code
     assert rows[call_id]["responses"][0]["content"]["error"]["message"]
+
+
+def test_call_retried_inside_the_gateway_is_logged_as_its_answer(gateway: Gateway, log_db: str,
+                                                                  client: httpx.Client) -> None:
+    """The stand-in fails the first attempt; LiteLLM retries under the same call id and answers 200.
+    The logger gets a failure event and then a success event for that id: the row must say 200."""
+    answer = gateway.chat(client, f"{FAIL_ONCE} {_marker()}")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers.get("x-litellm-attempted-retries") == "1"  # the failure really happened
+    call_id = answer.headers["x-litellm-call-id"]
+    rows = wait_for_rows(log_db, [call_id], timeout=5.0)
+    time.sleep(0.5)  # a late event for the same id must not change it either
+    req = logged_rows(log_db, [call_id])[call_id]
+    assert req["status_code"] == 200 and len(req["responses"]) == 1, rows
+    usage = answer.json()["usage"]
+    assert req["responses"][0]["total_tokens"] == usage["total_tokens"] > 0
+    assert "choices" in req["responses"][0]["content"]
+
+
+# --------------------------------------------------------------------------------------------------
+# writer level: two events for one call id (LiteLLM's internal retries), against the real PostgreSQL
+
+
+@pytest.fixture()
+def writer(fresh_db: str, tmp_path) -> Iterator[gateway_logger.Writer]:
+    db_init.create(fresh_db)
+    w = gateway_logger.Writer(gateway_logger.Settings(
+        queue_max=100, batch_max=50, flush_interval_ms=20, spool_dir=str(tmp_path), metrics_port=None),
+        url=fresh_db).start()
+    try:
+        yield w
+    finally:
+        w.stop(timeout=5)
+
+
+def _event(call_id: str, failed: bool) -> dict:
+    return gateway_logger.capture(litellm_call(call_id, failed=failed, status=500 if failed else None), failed)
+
+
+def _outcome(db_url: str, call_id: str) -> tuple[int, list[int | None]]:
+    row = logged_rows(db_url, [call_id])[call_id]
+    return row["status_code"], [r["total_tokens"] for r in row["responses"]]
+
+
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_later_success_replaces_an_earlier_failure(writer: gateway_logger.Writer, fresh_db: str,
+                                                   same_batch: bool) -> None:
+    call_id = f"retry-{uuid.uuid4()}"
+    writer.submit(_event(call_id, failed=True))
+    if not same_batch:
+        assert writer.flush(10)
+        assert _outcome(fresh_db, call_id) == (500, [0])  # the failure alone is stored as such
+    writer.submit(_event(call_id, failed=False))
+    assert writer.flush(10)
+    assert _outcome(fresh_db, call_id) == (200, [11])
+    snap = writer.stats.snapshot()
+    assert (snap["rows_written"], snap["rows_replaced"], snap["rows_duplicate"]) == (
+        (1, 1, 0) if not same_batch else (1, 0, 1))
+
+
+def test_replays_of_an_outcome_do_not_duplicate_and_a_late_failure_changes_nothing(
+        writer: gateway_logger.Writer, fresh_db: str) -> None:
+    ok_id, failed_id = f"ok-{uuid.uuid4()}", f"failed-{uuid.uuid4()}"
+    for events in ([(ok_id, False), (failed_id, True)], [(ok_id, False), (failed_id, True)],
+                   [(ok_id, True)]):  # then the same again (a spool replay), then a failure after the success
+        for call_id, failed in events:
+            writer.submit(_event(call_id, failed))
+        assert writer.flush(10)
+    assert _outcome(fresh_db, ok_id) == (200, [11])
+    assert _outcome(fresh_db, failed_id) == (500, [0])
+    snap = writer.stats.snapshot()
+    assert (snap["rows_written"], snap["rows_replaced"], snap["rows_duplicate"]) == (2, 0, 3)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,42 @@ STANDIN = ROOT / "lab" / "standin_model.py"
 MODEL = "gpt-4o-mini"
 
 
+#: a request whose message contains this gets HTTP 500 from the stand-in the first time it is seen; the
+#: gateway's router retries it (config.yaml keeps LiteLLM's default: x-litellm-max-retries: 2)
+FAIL_ONCE = "[fail-once]"
+
+#: runs lab/standin_model.py with two test-only changes. TCP_NODELAY: the stand-in writes headers and
+#: body separately; with Nagle on, the body waits for the gateway's delayed ACK (~40 ms per call), which
+#: would swamp every latency figure. FAIL_ONCE: a provider that fails a call's first attempt.
+STANDIN_LAUNCHER = f"""
+import runpy, socketserver, sys
+socketserver.StreamRequestHandler.disable_nagle_algorithm = True
+sys.argv = [{str(STANDIN)!r}] + sys.argv[1:]
+standin = runpy.run_path({str(STANDIN)!r}, run_name="standin")
+import io, json
+seen, answer = set(), standin["Handler"].do_POST
+
+def do_POST(self):
+    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    try:
+        said = json.dumps(json.loads(body).get("messages"))
+    except (ValueError, AttributeError):
+        said = ""
+    if {FAIL_ONCE!r} in said and said not in seen:
+        seen.add(said)
+        self._send(500, {{"error": {{"message": "stand-in: first attempt fails", "type": "server_error"}}}})
+        return
+    connection, self.rfile = self.rfile, io.BytesIO(body)  # the body again for the stand-in's own handler
+    try:
+        answer(self)
+    finally:
+        self.rfile = connection  # keep-alive: the next request comes on the same connection
+
+standin["Handler"].do_POST = do_POST
+standin["main"]()
+"""
+
+
 class GatewayStartError(RuntimeError):
     pass
 
@@ -112,12 +148,8 @@ class Gateway:
         return env
 
     def start_standin(self) -> None:
-        # TCP_NODELAY: the stand-in writes headers and body separately; with Nagle on, the body waits
-        # for the gateway's delayed ACK (~40 ms per call), which would swamp every latency figure.
-        launcher = ("import runpy, sys, socketserver; socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
-                    f"sys.argv = [{str(STANDIN)!r}] + sys.argv[1:]; runpy.run_path({str(STANDIN)!r}, run_name='__main__')")
         self.standin = subprocess.Popen(
-            [sys.executable, "-c", launcher, "--host", "127.0.0.1", "--port", str(self.standin_port)],
+            [sys.executable, "-c", STANDIN_LAUNCHER, "--host", "127.0.0.1", "--port", str(self.standin_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait_http(f"http://127.0.0.1:{self.standin_port}/health", self.standin, 15)
 
