@@ -203,8 +203,8 @@ class Stats:
     """The writer's counters in one place; ``snapshot()`` is what metrics exporters read."""
 
     COUNTERS = ("rows_received", "rows_written", "rows_replaced", "rows_duplicate", "rows_spooled",
-                "rows_replayed", "rows_rejected", "rows_degraded", "rows_dropped", "batches", "batch_failures",
-                "pool_checkouts", "pool_connects", "watchdog_fired", "connection_losses")
+                "rows_replayed", "rows_rejected", "rows_degraded", "rows_dropped", "batches",
+                "batch_failures", "pool_checkouts", "pool_connects", "watchdog_fired", "connection_losses")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -502,8 +502,18 @@ class Written(NamedTuple):
 
 
 def spool_tag(url: str | None) -> str:
-    """Names a spool's target database in its file names (a hash: the URL itself holds the password)."""
-    return hashlib.sha256((db_init.mask_url(url) if url else "none").encode()).hexdigest()[:12]
+    """Names a spool's target database in its file names: a hash of backend, user, host, port and
+    database only (not the password; not the query, so switching sslmode keeps the spool replayable)."""
+    if not url:
+        return hashlib.sha256(b"none").hexdigest()[:12]
+    try:
+        u = make_url(url)
+        backend = u.get_backend_name()
+        port = u.port or (5432 if backend == "postgresql" else None)  # libpq's default, said or not
+        target = "|".join(str(part or "") for part in (backend, u.username, u.host, port, u.database))
+    except Exception:  # an unusable URL gets no database either; its rows wait under their own tag
+        target = db_init.mask_url(url)
+    return hashlib.sha256(target.encode()).hexdigest()[:12]
 
 
 class Spool:

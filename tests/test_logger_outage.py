@@ -324,3 +324,27 @@ def test_torn_spool_line_is_dropped_and_the_rest_replayed(log_db: str, tmp_path:
     assert sorted(logged_rows(log_db, ids + [foreign_id])) == sorted(ids)
     assert foreign.exists()
     assert "1 unreadable line(s) dropped" in capfd.readouterr().err
+
+
+def test_spool_tag_names_the_database_not_the_connection_options() -> None:
+    tag = gateway_logger.spool_tag
+    base = "postgresql+psycopg2://litellm_user:pw1@10.231.0.19:5432/litellm_db"
+    same = [base + "?sslmode=verify-full&sslrootcert=/etc/litellm/db-ca.crt", base + "?sslmode=disable",
+            base.replace("pw1", "pw2"), base.replace(":5432", ""), base.replace("+psycopg2", "")]
+    assert {tag(u) for u in same} == {tag(base)}
+    other = [base.replace("litellm_user", "u2"), base.replace("10.231.0.19", "10.231.0.20"),
+             base.replace("5432", "5433"), base.replace("litellm_db", "other_db")]
+    assert len({tag(u) for u in [base, *other]}) == 5
+    assert tag(None) != tag(base) and len(tag(base)) == 12
+
+
+def test_spool_written_before_a_tls_switch_is_replayed_after_it(log_db: str, tmp_path: Path, writers) -> None:
+    """The lab's TLS toggle changes only the URL's sslmode: rows spooled under the old URL must arrive."""
+    ids = _ids(3)
+    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i), failed=False)) for i in ids]
+    before = gateway_logger.spool_tag(log_db + "?sslmode=disable")
+    (tmp_path / f"spool-{before}-1-1-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    w = writers(log_db + "?sslmode=prefer", tmp_path)
+    assert w.flush(15), w.stats.snapshot()
+    assert sorted(logged_rows(log_db, ids)) == sorted(ids)
+    assert _spooled_ids(tmp_path) == [] and w.stats.snapshot()["rows_replayed"] == 3
