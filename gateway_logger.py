@@ -32,7 +32,9 @@ Settings (environment variables, defaults in brackets):
 * ``POC1_LOGGER_WRITE_TIMEOUT_S`` [10] watchdog: a database operation running longer (a frozen
   server still ACKs TCP, so keepalives do not notice) gets its sockets shut down and is retried.
 * ``POC1_LOGGER_SHUTDOWN_TIMEOUT_S`` [10] time the exit flush may take; what is left is spooled.
-* ``POC1_LOGGER_METRICS_PORT`` [9464] Prometheus metrics on 127.0.0.1:<port>; empty = off.
+* ``POC1_LOGGER_METRICS_PORT`` [9464] Prometheus metrics on 127.0.0.1:<port> (``gateway_logger_*``:
+  rows written/spooled/dropped, queue depth, batch write latency histogram, connection state, pool
+  checkouts and new connections, see ``METRIC_HELP``); empty = off.
 * ``POC1_LOGGER_TEST_DELAY_MS`` [0] TEST ONLY: sleeps this long inside every batch transaction, to
   imitate a slow database (caps throughput at batch max * 1000 / delay rows/s). Never set it in
   production.
@@ -45,8 +47,10 @@ Journal lines (stderr, own handler, survive LiteLLM reconfiguring logging):
 from __future__ import annotations
 
 import atexit
+import bisect
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -205,13 +209,17 @@ class Stats:
     COUNTERS = ("rows_received", "rows_written", "rows_replaced", "rows_duplicate", "rows_spooled",
                 "rows_replayed", "rows_rejected", "rows_degraded", "rows_dropped", "batches",
                 "batch_failures", "pool_checkouts", "pool_connects", "watchdog_fired", "connection_losses")
+    #: upper bounds (seconds) of the batch write latency histogram; loopback p50 of a batch is ~3 ms
+    BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._c: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
+        self.started = time.time()
         self.batch_seconds_sum = 0.0
         self.batch_seconds_max = 0.0
         self.batch_seconds_last = 0.0
+        self._batch_hist = [0] * (len(self.BATCH_BUCKETS) + 1)  # per bucket, the last one is +Inf
         self.connected = False
         self.gauges: dict[str, Callable[[], int]] = {}
 
@@ -231,6 +239,7 @@ class Stats:
             self.batch_seconds_sum += seconds
             self.batch_seconds_last = seconds
             self.batch_seconds_max = max(self.batch_seconds_max, seconds)
+            self._batch_hist[bisect.bisect_left(self.BATCH_BUCKETS, seconds)] += 1
 
     def __getitem__(self, name: str) -> int:
         return self._c[name]
@@ -239,7 +248,9 @@ class Stats:
         with self._lock:
             snap: dict[str, Any] = dict(self._c)
             snap.update(batch_seconds_sum=self.batch_seconds_sum, batch_seconds_max=self.batch_seconds_max,
-                        batch_seconds_last=self.batch_seconds_last, connected=self.connected)
+                        batch_seconds_last=self.batch_seconds_last, connected=self.connected,
+                        batch_seconds_buckets=list(itertools.accumulate(self._batch_hist)),
+                        started=self.started)
         for name, gauge in self.gauges.items():
             try:
                 snap[name] = gauge()
@@ -1132,25 +1143,65 @@ class Writer:
 # metrics (optional): the stats as Prometheus metrics on 127.0.0.1 only
 
 
-def serve_metrics(stats: Stats, port: int) -> bool:
+#: what each metric means (its HELP line); counters are per process, since its start
+METRIC_HELP = {
+    "rows_received": "calls handed to the logger",
+    "rows_written": "rows inserted into the database",
+    "rows_replaced": "failure rows replaced by the later success of the same call (LiteLLM retried it)",
+    "rows_duplicate": "rows already in the database with that outcome (replays), not written again",
+    "rows_spooled": "rows put in the on-disk spool (queue full or database away)",
+    "rows_replayed": "spooled rows written after the database came back",
+    "rows_rejected": "rows the database refused even without their documents (also counted as dropped)",
+    "rows_degraded": "rows stored without their documents (payload/content not storable)",
+    "rows_dropped": "rows lost: queue and spool full, spool unusable, or rejected",
+    "batches": "write transactions",
+    "batch_failures": "write transactions that failed because the database was away",
+    "pool_checkouts": "connections taken from the SQLAlchemy pool (one per transaction or probe)",
+    "pool_connects": "new database connections opened by the pool (a checkout that could not reuse one)",
+    "watchdog_fired": "database operations that ran past the write timeout and had their sockets closed",
+    "connection_losses": "times the database connection was lost",
+    "queue_depth": "calls waiting in memory",
+    "spool_rows": "rows waiting in the on-disk spool",
+    "in_flight": "rows of the batch being written",
+    "connected": "1 while the database takes writes, else 0",
+    "batch_seconds_max": "longest batch write so far, seconds",
+    "start_time_seconds": "when this logger started (Unix time): counters restart from 0 then",
+    "queue_max": "setting POC1_LOGGER_QUEUE_MAX",
+    "spool_max_rows": "setting POC1_LOGGER_SPOOL_MAX_ROWS",
+}
+
+
+def serve_metrics(stats: Stats, port: int, settings: Settings | None = None) -> bool:
+    """Prometheus text on http://127.0.0.1:<port>/metrics (loopback only: read it on the host)."""
     try:
         from prometheus_client import start_http_server
-        from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
     except ImportError:
         say("prometheus-client not installed; metrics not served")
         return False
+
+    def gauge(name: str, value: float) -> Any:
+        return GaugeMetricFamily(f"gateway_logger_{name}", METRIC_HELP.get(name, name), value=value)
 
     class _Collector:
         def collect(self) -> Iterable[Any]:
             snap = stats.snapshot()
             for name in Stats.COUNTERS:
-                yield CounterMetricFamily(f"gateway_logger_{name}", f"gateway_logger {name}", value=snap[name])
-            for name in ("batch_seconds_sum", "batch_seconds_max", "batch_seconds_last"):
-                yield GaugeMetricFamily(f"gateway_logger_{name}", f"gateway_logger {name}", value=snap[name])
-            yield GaugeMetricFamily("gateway_logger_connected", "1 when the database takes writes",
-                                    value=1 if snap["connected"] else 0)
+                yield CounterMetricFamily(f"gateway_logger_{name}", METRIC_HELP[name], value=snap[name])
+            yield HistogramMetricFamily(
+                "gateway_logger_batch_write_seconds", "time of one write transaction (batch), seconds",
+                buckets=[*zip([str(b) for b in Stats.BATCH_BUCKETS], snap["batch_seconds_buckets"]),
+                         ("+Inf", snap["batch_seconds_buckets"][-1])],
+                sum_value=snap["batch_seconds_sum"])
+            yield gauge("batch_seconds_max", snap["batch_seconds_max"])
+            yield gauge("connected", 1 if snap["connected"] else 0)
+            yield gauge("start_time_seconds", snap["started"])
             for name in stats.gauges:
-                yield GaugeMetricFamily(f"gateway_logger_{name}", f"gateway_logger {name}", value=snap[name])
+                yield gauge(name, snap[name])
+            if settings is not None:
+                yield gauge("queue_max", settings.queue_max)
+                yield gauge("spool_max_rows", settings.spool_max_rows)
 
     registry = CollectorRegistry()
     registry.register(_Collector())
@@ -1243,7 +1294,7 @@ class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
                 if "litellm.proxy.proxy_server" in sys.modules:
                     _install_signal_flush()
                 if self.settings.metrics_port:
-                    serve_metrics(self.stats, int(self.settings.metrics_port))
+                    serve_metrics(self.stats, int(self.settings.metrics_port), self.settings)
             return self._writer
 
     def _submit(self, kwargs: Mapping[str, Any], failed: bool) -> None:

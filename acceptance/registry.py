@@ -30,6 +30,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("overhead", "DB-logging overhead benchmark", ()),
     # production prerequisites beyond the closeout pack's six, after them
     CheckSpec("db_tls", "Gateway's database sessions are encrypted (TLS >= 1.2)", ("db_tls.txt",)),
+    CheckSpec("logger_metrics", "Logger metrics: no row dropped, database connected, pool reuse",
+              ("logger_metrics.txt",)),
 )
 
 BY_ID: dict[str, CheckSpec] = {c.id: c for c in CHECKS}

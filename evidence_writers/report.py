@@ -3,7 +3,8 @@
 Top of the page, in this order: the verdict and every check of acceptance/registry.py (the closeout
 pack's five, the overhead check, and any added after them: PASS/FAIL, one-line cause, links into
 the bundle), the overhead figures and histogram (inline, so the one file can be mailed), the sign-off
-block, then pytest-html's environment table (target, hosts, versions lock, run id, git commit) and its
+block, then pytest-html's environment table (target, hosts, versions lock, run id, git commit, and any
+rows a check puts in its manifest details under ``environment``, e.g. the logger's pool reuse) and its
 per-test table. Everything comes from the run's manifest (acceptance/plugin.py) and check 6's
 overhead_benchmark.json, so the report cannot say anything the bundle does not.
 
@@ -227,7 +228,7 @@ def environment(manifest: dict[str, Any]) -> dict[str, Any]:
     }
     if gw.get("error"):
         lock["gateway"] = gw["error"]
-    return {
+    env = {
         "Run id": _flat(manifest.get("run_id")),
         "Target group": _flat(manifest.get("target")),
         "Hosts": _flat(manifest.get("hosts") or {}),
@@ -236,6 +237,11 @@ def environment(manifest: dict[str, Any]) -> dict[str, Any]:
         + (" (uncommitted changes)" if suite.get("dirty") else ""),
         "Started / finished": f"{manifest.get('started')} / {manifest.get('finished')}",
     }
+    for check in manifest.get("checks", []):  # a check may add rows: details.environment {label: text}
+        extra = (check.get("details") or {}).get("environment")
+        if isinstance(extra, dict):
+            env.update({str(k): _flat(v) for k, v in extra.items() if str(k) not in env})
+    return env
 
 
 def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str, when: str) -> str:

@@ -173,14 +173,20 @@ def test_start_line_names_the_database_with_password_masked(gateway: Gateway, lo
     assert pg.password not in gateway.log_text()
 
 
-def test_metrics_are_served_on_loopback(gateway: Gateway, client: httpx.Client) -> None:
+def test_metrics_are_served_on_loopback(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+    call_id = gateway.chat(client, _marker()).headers["x-litellm-call-id"]
+    assert call_id in wait_for_rows(log_db, [call_id], timeout=5.0)
     text = client.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics").text
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line.startswith("gateway_logger_") and " " in line}
     assert values["gateway_logger_rows_written_total"] >= 1
     assert values["gateway_logger_connected"] == 1
     assert values["gateway_logger_rows_dropped_total"] == 0
-    assert "gateway_logger_queue_depth" in values and "gateway_logger_pool_connects_total" in values
+    assert "gateway_logger_queue_depth" in values
+    assert values["gateway_logger_batch_write_seconds_count"] >= 1
+    assert values['gateway_logger_batch_write_seconds_bucket{le="+Inf"}'] == values[
+        "gateway_logger_batch_write_seconds_count"]
+    assert 1 <= values["gateway_logger_pool_connects_total"] <= values["gateway_logger_pool_checkouts_total"]
 
 
 def test_upstream_down_5xx_is_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
