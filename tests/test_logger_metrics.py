@@ -23,6 +23,7 @@ import db_init
 import gateway_logger
 from acceptance.check_logger_metrics import FETCH, Scrape, figures, judge, reuse
 from evidence_writers import report
+from tests.support import chromium
 from tests.support.gateway import litellm_call
 from tests.support.pgserver import free_port
 
@@ -155,12 +156,32 @@ def test_lab_check_passes_after_the_benchmark_and_the_report_shows_reuse(embedde
     text = (run.evidence_dir / "logger_metrics.txt").read_text()
     assert "gateway_logger_pool_checkouts_total" in text and "gateway_logger_batch_write_seconds_bucket" in text
     assert re.search(r"^pool reuse during this run \(\d+ s, \d+ rows written\): \d+\.\d% ", text, re.M), text
-    html = (tmp_path / "report.html").read_text()
+    # as a reader sees it: the environment table of the report, rendered by Chromium
     shown = d["environment"]["Logger DB pool reuse (this run)"]
-    assert "Logger DB pool reuse (this run)" in html and shown in html
+    seen = chromium.render(tmp_path / "report.html", tmp_path, {"env": "#environment tr"})
+    rows = [r["text"] for r in seen.layout["env"] if r["visible"]]
+    assert any("Logger DB pool reuse (this run)" in r and shown in r for r in rows), rows
     print(f"\nlogger_metrics after the overhead benchmark: {shown}; since start: "
           f"{d['environment']['Logger DB pool reuse (since start)']}; {d['run_rows_written']} rows written in "
           f"the run; suite {run.wall_s:.1f} s")
+
+
+@pytest.mark.lab
+def test_lab_port_from_the_inventory_and_nothing_there_is_one_line(embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
+    import yaml
+
+    from tests.support.acceptance_run import ROOT, run_suite
+
+    inventory = yaml.safe_load((ROOT / "hosts.yml").read_text())
+    inventory["all"]["children"]["local"]["vars"]["logger_metrics_port"] = 9  # discard: nothing listens
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    run = run_suite(tmp_path / "evidence", "acceptance/check_logger_metrics.py", inventory=path)
+    check = run.check("logger_metrics")
+    assert run.rc == 1 and check["outcome"] == "failed"
+    assert re.fullmatch(r"logger metrics not readable on gateway 10\.231\.0\.18 at 127\.0\.0\.1:9: "
+                        r".*Connection refused.*", check["cause"]), check["cause"]
+    assert "127.0.0.1:9/metrics" in (run.evidence_dir / "logger_metrics.txt").read_text()
 
 
 @pytest.mark.lab
