@@ -744,6 +744,11 @@ class Writer:
                 pass
         self._overflow([item if normalized else self._normalize(item)], "queue full")
 
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Until the writer has its URL, spool and first probe behind it. Before that, rows beyond the
+        queue have no spool to go to and are dropped (counted)."""
+        return self._ready.wait(timeout)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (or rejected); for tests and tools."""
         deadline = time.monotonic() + timeout

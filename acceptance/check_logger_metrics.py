@@ -11,6 +11,7 @@ rows written/spooled/dropped, queue and spool depth, connection state, batch wri
 and pool reuse = 1 - new connections / checkouts, since the logger started and during this run.
 Pass = no row dropped since the logger started, and the logger connected to its database.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -31,8 +32,10 @@ PORT_VAR, DEFAULT_PORT = "logger_metrics_port", 9464
 PREFIX = "gateway_logger_"
 BASELINE_KEY = pytest.StashKey["Scrape | str"]()
 #: run on the gateway by its own Python (always there, unlike curl); no proxy, 5 s bound
-FETCH = ("import sys, urllib.request as u; sys.stdout.write(u.build_opener(u.ProxyHandler({})).open("
-         "'http://127.0.0.1:%d/metrics' % int(sys.argv[1]), timeout=5).read().decode())")
+FETCH = (
+    "import sys, urllib.request as u; sys.stdout.write(u.build_opener(u.ProxyHandler({})).open("
+    "'http://127.0.0.1:%d/metrics' % int(sys.argv[1]), timeout=5).read().decode())"
+)
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,19 @@ def scrape(target: Target, hosts: Hosts) -> Scrape:
     res = hosts.gateway.run(cmd)
     if not res.ok:
         err = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        raise CheckFailure(one_line(f"logger metrics not readable on gateway {target.gateway.address} at "
-                                    f"127.0.0.1:{port(target)}: {err[-1] if err else f'exit {res.rc}'}", 300))
+        raise CheckFailure(
+            one_line(
+                f"logger metrics not readable on gateway {target.gateway.address} at "
+                f"127.0.0.1:{port(target)}: {err[-1] if err else f'exit {res.rc}'}",
+                300,
+            )
+        )
     found = Scrape.parse(res.stdout, time.time())
     if "rows_dropped_total" not in found.values:
-        raise CheckFailure(f"127.0.0.1:{port(target)} on gateway {target.gateway.address} answers, but without "
-                           f"{PREFIX}* metrics (another service on that port, or an older logger)")
+        raise CheckFailure(
+            f"127.0.0.1:{port(target)} on gateway {target.gateway.address} answers, but without "
+            f"{PREFIX}* metrics (another service on that port, or an older logger)"
+        )
     return found
 
 
@@ -123,13 +133,17 @@ def judge(now: Scrape) -> str | None:
     dropped = now.get("rows_dropped_total")
     if dropped:
         started = datetime.fromtimestamp(now.started or 0, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        causes.append(f"gateway_logger dropped {dropped} row{'s' if dropped != 1 else ''} since it started at "
-                      f"{started} (rejected {now.get('rows_rejected_total')}, queue max {now.get('queue_max')}, "
-                      f"spool max {now.get('spool_max_rows')} rows, spooled {now.get('rows_spooled_total')})")
+        causes.append(
+            f"gateway_logger dropped {dropped} row{'s' if dropped != 1 else ''} since it started at "
+            f"{started} (rejected {now.get('rows_rejected_total')}, queue max {now.get('queue_max')}, "
+            f"spool max {now.get('spool_max_rows')} rows, spooled {now.get('rows_spooled_total')})"
+        )
     if not now.get("connected"):
-        causes.append(f"gateway_logger is not connected to its database (connection losses since start: "
-                      f"{now.get('connection_losses_total')}, rows waiting: queue {now.get('queue_depth')}, "
-                      f"spool {now.get('spool_rows')})")
+        causes.append(
+            f"gateway_logger is not connected to its database (connection losses since start: "
+            f"{now.get('connection_losses_total')}, rows waiting: queue {now.get('queue_depth')}, "
+            f"spool {now.get('spool_rows')})"
+        )
     return "; ".join(causes) or None
 
 
@@ -139,7 +153,7 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
     batches = int(now.buckets[-1][1]) if now.buckets else 0
     p50, p95 = bucket_bound(now.buckets, 0.5), bucket_bound(now.buckets, 0.95)
     lines = [
-        f"logger started: {datetime.fromtimestamp(now.started or 0, timezone.utc).isoformat(timespec='seconds')}",
+        f"logger started: {_utc(now.started or 0)}",
         f"rows written {now.get('rows_written_total')}, replaced {now.get('rows_replaced_total')}, duplicate "
         f"{now.get('rows_duplicate_total')}, spooled {now.get('rows_spooled_total')}, replayed "
         f"{now.get('rows_replayed_total')}, dropped {now.get('rows_dropped_total')}",
@@ -151,24 +165,40 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
         f"max {_ms(now.values.get('batch_seconds_max'))}",
         f"pool reuse since the logger started: {reuse_text(co, cn)}",
     ]
-    details = {"rows_written": now.get("rows_written_total"), "rows_spooled": now.get("rows_spooled_total"),
-               "rows_dropped": now.get("rows_dropped_total"), "queue_depth": now.get("queue_depth"),
-               "connected": bool(now.get("connected")), "pool_checkouts": co, "pool_connects": cn,
-               "reuse_ratio": _round(reuse(co, cn)), "batches": batches}
-    env = {"Logger rows (since start)": f"written {details['rows_written']}, spooled {details['rows_spooled']}, "
-                                         f"dropped {details['rows_dropped']}",
-           "Logger DB pool reuse (since start)": reuse_text(co, cn)}
+    details = {
+        "rows_written": now.get("rows_written_total"),
+        "rows_spooled": now.get("rows_spooled_total"),
+        "rows_dropped": now.get("rows_dropped_total"),
+        "queue_depth": now.get("queue_depth"),
+        "connected": bool(now.get("connected")),
+        "pool_checkouts": co,
+        "pool_connects": cn,
+        "reuse_ratio": _round(reuse(co, cn)),
+        "batches": batches,
+    }
+    env = {
+        "Logger rows (since start)": f"written {details['rows_written']}, spooled {details['rows_spooled']}, "
+        f"dropped {details['rows_dropped']}",
+        "Logger DB pool reuse (since start)": reuse_text(co, cn),
+    }
     if isinstance(base, Scrape) and base.started == now.started:
         rco, rcn = co - base.get("pool_checkouts_total"), cn - base.get("pool_connects_total")
         rows = now.get("rows_written_total") - base.get("rows_written_total")
-        lines.append(f"pool reuse during this run ({now.at - base.at:.0f} s, {rows} rows written): "
-                     f"{reuse_text(rco, rcn)}")
-        details.update(run_pool_checkouts=rco, run_pool_connects=rcn, run_reuse_ratio=_round(reuse(rco, rcn)),
-                       run_rows_written=rows)
+        lines.append(
+            f"pool reuse during this run ({now.at - base.at:.0f} s, {rows} rows written): "
+            f"{reuse_text(rco, rcn)}"
+        )
+        details.update(
+            run_pool_checkouts=rco,
+            run_pool_connects=rcn,
+            run_reuse_ratio=_round(reuse(rco, rcn)),
+            run_rows_written=rows,
+        )
         env["Logger DB pool reuse (this run)"] = reuse_text(rco, rcn)
     else:
-        why = (base if isinstance(base, str) else "no reading at the start of the run" if base is None
-               else "the logger restarted during the run")
+        why = "the logger restarted during the run"
+        if not isinstance(base, Scrape):
+            why = base or "no reading at the start of the run"
         lines.append(f"pool reuse during this run: not measured ({why})")
         env["Logger DB pool reuse (this run)"] = f"not measured ({why})"
     details["environment"] = env  # shown in the report's environment table
@@ -183,12 +213,15 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def test_logger_metrics(request: pytest.FixtureRequest, target: Target, hosts: Hosts,
-                        evidence: CheckEvidence) -> None:
+def test_logger_metrics(
+    request: pytest.FixtureRequest, target: Target, hosts: Hosts, evidence: CheckEvidence
+) -> None:
     doc = evidence.text(ARTIFACT)
-    doc.add(f"# gateway_logger metrics on gateway {target.gateway.address}, read over SSH from 127.0.0.1:"
-            f"{port(target)}/metrics (inventory group {target.group}); pass = no row dropped since the logger "
-            "started and the database connection up")
+    doc.add(
+        f"# gateway_logger metrics on gateway {target.gateway.address}, read over SSH from 127.0.0.1:"
+        f"{port(target)}/metrics (inventory group {target.group}); pass = no row dropped since the logger "
+        "started and the database connection up"
+    )
     base = request.config.stash.get(BASELINE_KEY, None)
     now = scrape(target, hosts)
     if isinstance(base, Scrape):

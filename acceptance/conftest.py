@@ -3,6 +3,7 @@
 logger_metrics reports the logger's pool reuse during this run: the difference between a reading of the
 metrics taken here, at the start of the session, and its own reading after the benchmark.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ run; a forced overflow (small queue and spool bounds, PostgreSQL stopped, a burs
 a one-line cause naming the dropped count, which equals the rows really missing. Everything changed on
 the lab is undone in ``finally``.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,10 @@ from tests.support import chromium
 from tests.support.gateway import litellm_call
 from tests.support.pgserver import free_port
 
-DROP_CAUSE = (r"^gateway_logger dropped (\d+) rows since it started at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ "
-              r"\(rejected 0, queue max (\d+), spool max (\d+) rows, spooled (\d+)\)$")
+DROP_CAUSE = (
+    r"^gateway_logger dropped (\d+) rows since it started at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ "
+    r"\(rejected 0, queue max (\d+), spool max (\d+) rows, spooled (\d+)\)$"
+)
 
 
 def _served(writer: gateway_logger.Writer) -> Scrape:
@@ -43,8 +46,16 @@ def make_writer(tmp_path: Path) -> Iterator:
     made: list[gateway_logger.Writer] = []
 
     def make(url: str | None, **settings: object) -> gateway_logger.Writer:
-        base = {"queue_max": 100, "batch_max": 10, "flush_interval_ms": 20, "spool_dir": str(tmp_path / "spool"),
-                "metrics_port": None, "write_timeout_s": 3.0, "shutdown_timeout_s": 2.0, **settings}
+        base = {
+            "queue_max": 100,
+            "batch_max": 10,
+            "flush_interval_ms": 20,
+            "spool_dir": str(tmp_path / "spool"),
+            "metrics_port": None,
+            "write_timeout_s": 3.0,
+            "shutdown_timeout_s": 2.0,
+            **settings,
+        }
         made.append(gateway_logger.Writer(gateway_logger.Settings(**base), url=url).start())
         return made[-1]
 
@@ -72,14 +83,19 @@ def test_metrics_of_a_healthy_writer_pass_and_show_pool_reuse(fresh_db: str, mak
     assert batches >= 5 and [c for _, c in now.buckets] == sorted(c for _, c in now.buckets)
     assert judge(now) is None
     lines, details = figures(now, now)  # a baseline equal to now: nothing happened during "this run"
-    assert details["reuse_ratio"] == round(1 - connects / checkouts, 4) == round(reuse(checkouts, connects), 4)
-    assert details["run_pool_checkouts"] == 0 and "n/a (no checkout)" in details["environment"][
-        "Logger DB pool reuse (this run)"]
+    assert (
+        details["reuse_ratio"] == round(1 - connects / checkouts, 4) == round(reuse(checkouts, connects), 4)
+    )
+    assert (
+        details["run_pool_checkouts"] == 0
+        and "n/a (no checkout)" in details["environment"]["Logger DB pool reuse (this run)"]
+    )
     assert f"({connects} new connection" in details["environment"]["Logger DB pool reuse (since start)"]
 
 
 def test_dropped_rows_and_a_lost_connection_fail_with_their_counts(make_writer) -> None:
     w = make_writer(None, queue_max=2, batch_max=2, spool_max_rows=3)  # no database: queue, spool, then drop
+    assert w.wait_ready(5)  # its spool exists
     for _ in range(12):
         w.submit(gateway_logger.capture(litellm_call(f"d-{uuid.uuid4()}"), failed=False))
     time.sleep(0.3)
@@ -89,28 +105,51 @@ def test_dropped_rows_and_a_lost_connection_fail_with_their_counts(make_writer) 
     first, second = judge(now).split("; ")
     m = re.fullmatch(DROP_CAUSE, first)
     assert m and (int(m[1]), int(m[2]), int(m[3]), int(m[4])) == (dropped, 2, 3, 3), first
-    assert second.startswith("gateway_logger is not connected to its database (connection losses since start: 0")
+    assert second.startswith(
+        "gateway_logger is not connected to its database (connection losses since start: 0"
+    )
 
 
 def test_run_figures_need_the_same_logger_process() -> None:
-    base = Scrape(0.0, (), {"start_time_seconds": 100.0, "pool_checkouts_total": 10, "pool_connects_total": 1})
-    now = Scrape(60.0, (), {"start_time_seconds": 100.0, "pool_checkouts_total": 210, "pool_connects_total": 3,
-                            "connected": 1})
+    base = Scrape(
+        0.0, (), {"start_time_seconds": 100.0, "pool_checkouts_total": 10, "pool_connects_total": 1}
+    )
+    now = Scrape(
+        60.0,
+        (),
+        {"start_time_seconds": 100.0, "pool_checkouts_total": 210, "pool_connects_total": 3, "connected": 1},
+    )
     _, details = figures(now, base)
-    assert (details["run_pool_checkouts"], details["run_pool_connects"], details["run_reuse_ratio"]) == (200, 2, 0.99)
+    assert (details["run_pool_checkouts"], details["run_pool_connects"], details["run_reuse_ratio"]) == (
+        200,
+        2,
+        0.99,
+    )
     restarted = Scrape(60.0, (), {**now.values, "start_time_seconds": 160.0})
     lines, details = figures(restarted, base)
     assert "run_reuse_ratio" not in details and lines[-1].endswith("(the logger restarted during the run)")
     _, details = figures(now, "ssh gateway (10.231.0.18:22): connect timed out after 5 s")
     assert details["environment"]["Logger DB pool reuse (this run)"] == (
-        "not measured (ssh gateway (10.231.0.18:22): connect timed out after 5 s)")
+        "not measured (ssh gateway (10.231.0.18:22): connect timed out after 5 s)"
+    )
 
 
 def test_report_environment_shows_rows_a_check_adds() -> None:
-    manifest = {"run_id": "r1", "checks": [
-        {"id": "db_tls", "details": {"sessions": 1}},
-        {"id": "logger_metrics", "details": {"environment": {"Logger DB pool reuse (this run)": "99.5% (1 / 200)",
-                                                             "Run id": "must not replace the run id"}}}]}
+    manifest = {
+        "run_id": "r1",
+        "checks": [
+            {"id": "db_tls", "details": {"sessions": 1}},
+            {
+                "id": "logger_metrics",
+                "details": {
+                    "environment": {
+                        "Logger DB pool reuse (this run)": "99.5% (1 / 200)",
+                        "Run id": "must not replace the run id",
+                    }
+                },
+            },
+        ],
+    }
     env = report.environment(manifest)
     assert env["Logger DB pool reuse (this run)"] == "99.5% (1 / 200)" and env["Run id"] == "r1"
 
@@ -141,11 +180,19 @@ def _wait_metrics(predicate, timeout: float) -> Scrape:  # noqa: ANN001
 
 
 @pytest.mark.lab
-def test_lab_check_passes_after_the_benchmark_and_the_report_shows_reuse(embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lab_check_passes_after_the_benchmark_and_the_report_shows_reuse(
+    embedded_lab, tmp_path: Path
+) -> None:  # noqa: ANN001
     from tests.support.acceptance_run import run_suite
 
-    run = run_suite(tmp_path / "evidence", "acceptance/check_overhead.py", "acceptance/check_logger_metrics.py",
-                    "--overhead-pairs=20", f"--html={tmp_path / 'report.html'}", timeout=240)
+    run = run_suite(
+        tmp_path / "evidence",
+        "acceptance/check_overhead.py",
+        "acceptance/check_logger_metrics.py",
+        "--overhead-pairs=20",
+        f"--html={tmp_path / 'report.html'}",
+        timeout=240,
+    )
     check = run.check("logger_metrics")
     assert check["outcome"] == "passed", (check, run.stdout[-2000:])
     d = check["details"]
@@ -154,20 +201,24 @@ def test_lab_check_passes_after_the_benchmark_and_the_report_shows_reuse(embedde
     assert d["run_rows_written"] >= 20 and d["run_pool_checkouts"] >= 1, d
     assert 0 <= d["run_reuse_ratio"] <= 1 and d["run_pool_connects"] <= d["run_pool_checkouts"]
     text = (run.evidence_dir / "logger_metrics.txt").read_text()
-    assert "gateway_logger_pool_checkouts_total" in text and "gateway_logger_batch_write_seconds_bucket" in text
+    assert (
+        "gateway_logger_pool_checkouts_total" in text and "gateway_logger_batch_write_seconds_bucket" in text
+    )
     assert re.search(r"^pool reuse during this run \(\d+ s, \d+ rows written\): \d+\.\d% ", text, re.M), text
     # as a reader sees it: the environment table of the report, rendered by Chromium
     shown = d["environment"]["Logger DB pool reuse (this run)"]
     seen = chromium.render(tmp_path / "report.html", tmp_path, {"env": "#environment tr"})
     rows = [r["text"] for r in seen.layout["env"] if r["visible"]]
     assert any("Logger DB pool reuse (this run)" in r and shown in r for r in rows), rows
-    print(f"\nlogger_metrics after the overhead benchmark: {shown}; since start: "
-          f"{d['environment']['Logger DB pool reuse (since start)']}; {d['run_rows_written']} rows written in "
-          f"the run; suite {run.wall_s:.1f} s")
+    print(
+        f"\nlogger_metrics after the overhead benchmark: {shown}; since start: "
+        f"{d['environment']['Logger DB pool reuse (since start)']}; {d['run_rows_written']} rows written in "
+        f"the run; suite {run.wall_s:.1f} s"
+    )
 
 
 @pytest.mark.lab
-def test_lab_port_from_the_inventory_and_nothing_there_is_one_line(embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lab_port_from_the_inventory_and_nothing_there_is_one_line(embedded_lab, tmp_path: Path) -> None:
     import yaml
 
     from tests.support.acceptance_run import ROOT, run_suite
@@ -179,13 +230,16 @@ def test_lab_port_from_the_inventory_and_nothing_there_is_one_line(embedded_lab,
     run = run_suite(tmp_path / "evidence", "acceptance/check_logger_metrics.py", inventory=path)
     check = run.check("logger_metrics")
     assert run.rc == 1 and check["outcome"] == "failed"
-    assert re.fullmatch(r"logger metrics not readable on gateway 10\.231\.0\.18 at 127\.0\.0\.1:9: "
-                        r".*Connection refused.*", check["cause"]), check["cause"]
+    assert re.fullmatch(
+        r"logger metrics not readable on gateway 10\.231\.0\.18 at 127\.0\.0\.1:9: "
+        r".*Connection refused.*",
+        check["cause"],
+    ), check["cause"]
     assert "127.0.0.1:9/metrics" in (run.evidence_dir / "logger_metrics.txt").read_text()
 
 
 @pytest.mark.lab
-def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_lab, tmp_path: Path) -> None:
     import lab
 
     from tests.support.acceptance_run import run_suite
@@ -195,24 +249,44 @@ def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_la
     names = "|".join(BOUNDS)
     unset = f"sed -i -E '/^({names})=/d' {ENV_FILE}"
     t0 = time.monotonic()
-    lab.exec("gateway", unset + " && printf '" + "".join(f"{k}={v}\\n" for k, v in BOUNDS.items())
-             + f"' >> {ENV_FILE}")
+    lab.exec(
+        "gateway",
+        unset + " && printf '" + "".join(f"{k}={v}\\n" for k, v in BOUNDS.items()) + f"' >> {ENV_FILE}",
+    )
     try:
         gateway_unit("restart")
-        assert _lab_metrics().get("queue_max") == BOUNDS["POC1_LOGGER_QUEUE_MAX"]
+        fresh = _lab_metrics()
+        assert (
+            fresh.get("queue_max") == BOUNDS["POC1_LOGGER_QUEUE_MAX"] and fresh.get("rows_dropped_total") == 0
+        )
         lab.systemctl("db", "stop", POSTGRES, check=True)
         labc = LocalLab.from_inventory()
         with httpx.Client(timeout=30) as client:
-            answers = [client.post(f"{labc.gateway_url}/v1/chat/completions", headers={
-                "Authorization": f"Bearer {labc.master_key}"}, json={
-                "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"burst {n} {uuid.uuid4()}"}]})
-                for n in range(BURST)]
+            answers = [
+                client.post(
+                    f"{labc.gateway_url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {labc.master_key}"},
+                    json={
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": f"burst {n} {uuid.uuid4()}"}],
+                    },
+                )
+                for n in range(BURST)
+            ]
         assert [a.status_code for a in answers] == [200] * BURST  # the gateway answers; the logger drops
         ids = [a.headers["x-litellm-call-id"] for a in answers]
-        seen = _wait_metrics(lambda m: m.get("rows_received_total") >= BURST, 15)
+        received = fresh.get("rows_received_total") + BURST  # the restart's readiness call came before
+        seen = _wait_metrics(lambda m: m.get("rows_received_total") >= received, 15)
         lab.systemctl("db", "start", POSTGRES, check=True)
-        back = _wait_metrics(lambda m: m.get("connected") == 1 and m.get("spool_rows") == 0
-                             and m.get("queue_depth") == 0 and m.get("in_flight") == 0, 30)
+        back = _wait_metrics(
+            lambda m: (
+                m.get("connected") == 1
+                and m.get("spool_rows") == 0
+                and m.get("queue_depth") == 0
+                and m.get("in_flight") == 0
+            ),
+            30,
+        )
         run = run_suite(tmp_path / "evidence", "acceptance/check_logger_metrics.py", timeout=120)
         t_broken = time.monotonic() - t0
     finally:
@@ -224,7 +298,10 @@ def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_la
     assert _lab_metrics().get("rows_dropped_total") == 0  # restored: a fresh logger with the default bounds
 
     dropped = back.get("rows_dropped_total")
-    assert dropped >= BURST - 5 - 5 - 10 and seen.get("rows_dropped_total") == dropped, (seen.values, back.values)
+    assert dropped >= BURST - 5 - 5 - 10 and seen.get("rows_dropped_total") == dropped, (
+        seen.values,
+        back.values,
+    )
     check = run.check("logger_metrics")
     assert run.rc == 1 and check["outcome"] == "failed", check
     m = re.fullmatch(DROP_CAUSE, check["cause"])
@@ -236,10 +313,13 @@ def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_la
         from sqlalchemy import func, select
 
         with reader.connect() as conn:
-            stored = conn.execute(select(func.count()).select_from(db_init.Request)
-                                  .where(db_init.Request.request_id.in_(ids))).scalar_one()
+            stored = conn.execute(
+                select(func.count()).select_from(db_init.Request).where(db_init.Request.request_id.in_(ids))
+            ).scalar_one()
     finally:
         reader.dispose()
     assert stored == BURST - dropped, (stored, dropped)
-    print(f"\nforced overflow: {dropped} of {BURST} rows dropped, {stored} stored; cause: {check['cause']}; "
-          f"broken for {t_broken:.1f} s")
+    print(
+        f"\nforced overflow: {dropped} of {BURST} rows dropped, {stored} stored; cause: {check['cause']}; "
+        f"broken for {t_broken:.1f} s"
+    )
