@@ -27,7 +27,6 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
-    Index,
     Integer,
     MetaData,
     String,

@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
 from tests.support import netguard  # noqa: E402
+from tests.support import pgserver  # noqa: E402
 from tests.support.pgserver import PgServer  # noqa: E402
 
 netguard.install()  # Python sockets in the project's tests reach only loopback and the lab's bridge
@@ -18,11 +19,8 @@ netguard.install()  # Python sockets in the project's tests reach only loopback 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
     """A real PostgreSQL cluster on 127.0.0.1, for the whole session."""
-    server = PgServer().start()
-    try:
+    with pgserver.running() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture()

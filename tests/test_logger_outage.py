@@ -24,6 +24,7 @@ import pytest
 import db_init
 import gateway_logger
 from tests.support.gateway import Gateway, litellm_call, logged_rows, wait_for_rows
+from tests.support import pgserver
 from tests.support.pgserver import PgServer
 
 OUTAGE_S = 15.0
@@ -33,11 +34,8 @@ RATE = 25.0  # requests per second, open loop
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PgServer]:
     """A cluster of this module's own: its tests stop and freeze it."""
-    server = PgServer().start()
-    try:
+    with pgserver.running() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture()

@@ -13,7 +13,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +136,13 @@ class PgServer:
             pass
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def running() -> Iterator[PgServer]:
+    """A started cluster, destroyed (thawed, stopped, files removed) however the block ends."""
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
