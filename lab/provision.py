@@ -38,7 +38,7 @@ ssl_min_protocol_version = 'TLSv1.2'
 def pg_hba(tls_required: bool = True) -> str:
     """litellm_user only over TLS (``hostssl``), or, switched off for a test, also in clear text (``host``).
 
-    The reader's line stays ``host``: libpq's default sslmode (prefer) negotiates TLS, unverified."""
+    The reader's line stays ``host``; the suite itself asks for verify-full (hosts.yml: db_sslmode)."""
     kind = "hostssl" if tls_required else "host   "
     return f"""# poc1 lab. TYPE DATABASE USER ADDRESS METHOD
 local   all             postgres                                peer

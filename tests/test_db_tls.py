@@ -165,3 +165,24 @@ def test_tls_off_fails_the_check_with_its_cause(embedded_lab, tmp_path: Path) ->
     assert re.search(rf"^pid \d+ from {re.escape(GW)}: NOT ENCRYPTED$", text, re.M), text
     assert "gateway's database URL (/etc/litellm/litellm.env): sslmode=disable" in text
     print(f"\ntls off {t_off:.1f} s, suite {run.wall_s:.1f} s, tls on again {t_on:.1f} s; cause: {check['cause']}")
+
+
+@pytest.mark.lab
+def test_the_suite_reader_verifies_the_db_certificate(embedded_lab) -> None:  # noqa: ANN001
+    """The `local` group makes the reader connect with verify-full and the lab's CA: with that CA it
+    connects; with a CA that did not sign the db host's certificate it is refused, by name."""
+    import dataclasses
+
+    from fixtures import database
+    from fixtures.errors import Unavailable
+    from fixtures.inventory import load_target
+
+    target = load_target(Path(__file__).resolve().parents[1] / "hosts.yml", "local")
+    url = database.reader_url(target)
+    assert url.query == {"sslmode": "verify-full", "sslrootcert": str(tls.CA_CERT)}
+    database.open_reader(target).dispose()
+
+    wrong_ca = dataclasses.replace(target, vars={**target.vars,
+                                                 "db_sslrootcert": "/etc/ssl/certs/ca-certificates.crt"})
+    with pytest.raises(Unavailable, match="certificate verify failed"):
+        database.open_reader(wrong_ca)
