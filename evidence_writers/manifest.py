@@ -12,7 +12,6 @@ from typing import Any, Iterable, Sequence
 
 from evidence_writers.bundle import ArtifactRecord
 
-OUTCOMES = ("passed", "failed", "skipped", "error")
 SCHEMA_VERSION = 1
 
 
