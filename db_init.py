@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -45,6 +46,10 @@ CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 5000
 
 EXIT_OK, EXIT_DRIFT, EXIT_UNREACHABLE = 0, 1, 2
+CALL_ID_MAX = 256
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: alembic's bookkeeping table: not part of the models, never drift
+VERSION_TABLE = "alembic_version"
 
 #: JSON on any database, JSONB on PostgreSQL (indexable, compact, rejects NUL — see the logger).
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
@@ -63,7 +68,12 @@ class Request(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
     )
+    #: the gateway's own id of the HTTP request (the logger's, one per request: no client value can
+    #: merge, drop or overwrite another call's row); returned to the client as ``x-poc1-request-id``
     request_id: Mapped[str] = mapped_column(String(128), unique=True, index=True, nullable=False)
+    #: LiteLLM's call id (``x-litellm-call-id``; a client may send its own, so not unique). 256 is the
+    #: longest id LiteLLM accepts from a client (longer ones it replaces with a uuid)
+    call_id: Mapped[str] = mapped_column(String(CALL_ID_MAX), index=True, nullable=False)
     route: Mapped[str | None] = mapped_column(String(255))
     model: Mapped[str | None] = mapped_column(String(255), index=True)
     payload: Mapped[Any | None] = mapped_column(JsonDoc)
@@ -159,10 +169,56 @@ def one_line_cause(exc: BaseException, url: str | URL | None = None) -> str:
 # create / validate
 
 
-def create(url: str | URL) -> None:
+def _alembic(connection: Any) -> Any:
+    """Alembic's config for ``migrations/`` on an open connection (no alembic.ini needed)."""
+    from alembic.config import Config  # noqa: PLC0415  (only create/validate need alembic)
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+
+
+def live_revision(connection: Any) -> str | None:
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+#: the schema of the first POC-1 databases (made by create_all, before alembic): the migrations' base
+BASELINE_REVISION = "0001"
+
+
+def create(url: str | URL) -> list[str]:
+    """Create the schema on an empty database, or migrate an existing POC-1 database to the models.
+
+    An empty database gets ``create_all`` and is stamped at the newest revision; a database made
+    before alembic came in (no version table) is the baseline; then alembic upgrades to head.
+    Returns the revisions applied (empty when already current)."""
+    from alembic import command  # noqa: PLC0415
+
     engine = make_engine(url)
     try:
-        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            tables = set(inspect(conn).get_table_names())
+            cfg = _alembic(conn)
+            if not tables & set(Base.metadata.tables):
+                Base.metadata.create_all(conn)
+                command.stamp(cfg, "head")
+                return []
+            before = live_revision(conn)
+            if before is None:
+                command.stamp(cfg, BASELINE_REVISION)
+                before = BASELINE_REVISION
+            command.upgrade(cfg, "head")
+            after = live_revision(conn)
+            return [] if after == before else [f"{before} -> {after}"]
     finally:
         engine.dispose()
 
@@ -185,7 +241,14 @@ def compare(engine: Engine) -> list[Drift]:
     insp = inspect(engine)
     dialect = engine.dialect
     drifts: list[Drift] = []
-    live_tables = set(insp.get_table_names())
+    live_tables = set(insp.get_table_names()) - {VERSION_TABLE}
+    if live_tables & set(Base.metadata.tables):
+        with engine.connect() as conn:
+            have = live_revision(conn)
+        want = head_revision()
+        if have != want:
+            drifts.append(Drift(VERSION_TABLE, f"schema revision is {have or 'none (made before migrations)'}, "
+                                               f"expected {want}: run db_init.py create to migrate"))
     for name in sorted(live_tables - set(Base.metadata.tables)):
         drifts.append(Drift(name, "extra table (not in the models)"))
     for table in Base.metadata.sorted_tables:
@@ -274,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     try:
         if args.command == "create":
-            create(args.url)
+            migrated = create(args.url)
+            for step in migrated:
+                print(f"db_init: migrated {target}: {step}")
             drifts = validate(args.url)
             if drifts:
                 print(f"db_init: created, but {target} still differs from the models:", file=sys.stderr)

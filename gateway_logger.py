@@ -50,18 +50,19 @@ import atexit
 import bisect
 import fcntl
 import hashlib
+import hmac
 import itertools
 import json
 import logging
 import math
 import os
 import queue
+import secrets
 import signal
 import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -272,6 +273,8 @@ SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "api_key", "api
                          "x-litellm-api-key"})
 MAX_DEPTH = 40
 NO_KEY, INVALID_KEY = "none", "invalid"
+#: LiteLLM's (nginx's) status for a request whose client went away before the answer was complete
+CLIENT_CLOSED = 499
 
 
 def _limits(model: type) -> dict[str, int]:
@@ -345,23 +348,72 @@ def _cost(value: Any) -> str | None:
     return f"{value:.12f}".rstrip("0").rstrip(".") or "0"
 
 
+#: where the pre-call hook puts the gateway's own id of an HTTP request (LiteLLM carries the request's
+#: metadata through retries and into every callback of that request)
+REQUEST_ID_KEY = "poc1_gateway_request_id"
+#: the response header that tells the client that id (the suite finds its own rows by it)
+REQUEST_ID_HEADER = "x-poc1-request-id"
+#: per process: signs the ids this process issued, so a client that puts a value under
+#: REQUEST_ID_KEY in its own request metadata cannot make two calls one row
+_ID_KEY = secrets.token_bytes(32)
+
+
+def _id_tag(nonce: str) -> str:
+    return hmac.new(_ID_KEY, nonce.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def new_request_id() -> str:
+    """``gw-<32 hex random>-<16 hex tag>``: unique per HTTP request, unguessable, checkable here."""
+    nonce = secrets.token_hex(16)
+    return f"gw-{nonce}-{_id_tag(nonce)}"
+
+
+def issued_request_id(value: Any) -> str | None:
+    """``value`` if this process issued it, else None (absent, or put there by a client)."""
+    if not isinstance(value, str) or len(value) != 52 or not value.startswith("gw-"):
+        return None
+    nonce, tag = value[3:35], value[36:]
+    return value if hmac.compare_digest(_id_tag(nonce), tag) else None
+
+
+def _request_metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    md = (kwargs.get("litellm_params") or {}).get("metadata")
+    return md if isinstance(md, Mapping) else {}
+
+
+def _asked_upstream_usage(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the provider was asked for a usage chunk (LiteLLM asks on its own for chat streams)."""
+    options = (kwargs.get("optional_params") or {}).get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
 def capture(kwargs: Mapping[str, Any], failed: bool) -> dict[str, Any]:
     """What the callback keeps: references only (cheap: it runs on LiteLLM's event loop)."""
     litellm_params = kwargs.get("litellm_params") or {}
     server_request = litellm_params.get("proxy_server_request") or {}
+    md = _request_metadata(kwargs)
     return {
         "slo": kwargs.get("standard_logging_object") or {},
         "body": server_request.get("body") if isinstance(server_request, Mapping) else None,
         "exception": kwargs.get("exception") if failed else None,
         "failed": failed,
         "call_id": kwargs.get("litellm_call_id"),
+        "request_id": issued_request_id(md.get(REQUEST_ID_KEY)),
+        "attempted_retries": md.get("attempted_retries"),
+        "client_disconnected": md.get("client_disconnected") is True,
+        "upstream_usage_asked": _asked_upstream_usage(kwargs),
         "model": kwargs.get("model"),
         "received": time.time(),
     }
 
 
 def status_of(captured: Mapping[str, Any]) -> int:
-    """The HTTP status the client got, as LiteLLM maps it (uncoded auth failures answer 401)."""
+    """The HTTP status the client got, as LiteLLM maps it (uncoded auth failures answer 401; a client that
+    left a stream midway is LiteLLM's 499, whichever event reports it)."""
+    slo = captured.get("slo") or {}
+    if captured.get("client_disconnected") or \
+            _int((slo.get("error_information") or {}).get("error_code")) == CLIENT_CLOSED:
+        return CLIENT_CLOSED
     if not captured.get("failed"):
         return 200
     exc = captured.get("exception")
@@ -369,7 +421,6 @@ def status_of(captured: Mapping[str, Any]) -> int:
         code = _int(getattr(exc, attr, None))
         if code and 100 <= code <= 599:
             return code
-    slo = captured.get("slo") or {}
     code = _int((slo.get("error_information") or {}).get("error_code"))
     if code and 100 <= code <= 599:
         return code
@@ -405,16 +456,49 @@ def _payload(captured: Mapping[str, Any]) -> Any:
 def _content(captured: Mapping[str, Any]) -> Any:
     slo = captured.get("slo") or {}
     if not captured.get("failed"):
-        return jsonable(slo.get("response"))
-    info = slo.get("error_information") or {}
-    exc = captured.get("exception")
-    return jsonable({"error": {
-        "message": slo.get("error_str") or info.get("error_message") or (str(exc) if exc else None),
-        "class": info.get("error_class") or (type(exc).__name__ if exc else None),
-        "code": info.get("error_code") or None,
-        "type": getattr(getattr(exc, "type", None), "value", getattr(exc, "type", None)),
-        "llm_provider": info.get("llm_provider") or None,
-    }})
+        doc = jsonable(slo.get("response"))
+    else:
+        info = slo.get("error_information") or {}
+        exc = captured.get("exception")
+        doc = jsonable({"error": {
+            "message": slo.get("error_str") or info.get("error_message") or (str(exc) if exc else None),
+            "class": info.get("error_class") or (type(exc).__name__ if exc else None),
+            "code": info.get("error_code") or None,
+            "type": getattr(getattr(exc, "type", None), "value", getattr(exc, "type", None)),
+            "llm_provider": info.get("llm_provider") or None,
+        }})
+    notes = call_notes(captured)
+    if notes and isinstance(doc, dict):
+        doc[NOTES_KEY] = notes
+    elif notes:
+        doc = {"response": doc, NOTES_KEY: notes}
+    return doc
+
+
+#: the key of the logger's own facts in a response's content document (no column fits them)
+NOTES_KEY = "gateway_logger"
+
+
+def call_notes(captured: Mapping[str, Any]) -> dict[str, Any]:
+    """Facts about how the call went that the seed's columns cannot hold: a stream's time to first
+    token and where its usage came from, the attempts LiteLLM made, a client that left midway."""
+    slo = captured.get("slo") or {}
+    notes: dict[str, Any] = {}
+    if slo.get("stream") is True or (captured.get("body") or {}).get("stream") is True:
+        start, first = _epoch(slo.get("startTime")), _epoch(slo.get("completionStartTime"))
+        notes["stream"] = True
+        if start is not None and first is not None and not captured.get("failed"):
+            notes["time_to_first_token_ms"] = round((first - start) * 1000, 1)
+        if not captured.get("failed"):
+            # the provider's usage chunk arrives last: a stream that ran to its end, asked for it, had it
+            complete = captured.get("upstream_usage_asked") and not captured.get("client_disconnected")
+            notes["usage_source"] = "provider" if complete else "counted"
+    retries = _int(captured.get("attempted_retries"))
+    if retries:
+        notes["attempts"] = retries + 1
+    if captured.get("client_disconnected"):
+        notes["client_disconnected"] = True
+    return notes
 
 
 def _scalars(values: dict[str, Any]) -> dict[str, Any]:
@@ -438,9 +522,12 @@ def normalize(captured: Mapping[str, Any]) -> dict[str, Any]:
     status = status_of(captured)
     start, end = _epoch(slo.get("startTime")), _epoch(slo.get("endTime"))
     response = slo.get("response") if isinstance(slo.get("response"), Mapping) else {}
-    request_id = slo.get("litellm_call_id") or captured.get("call_id") or f"gateway-logger-{uuid.uuid4()}"
+    call_id = slo.get("litellm_call_id") or captured.get("call_id") or ""
     req = _scalars({
-        "request_id": str(request_id),
+        # one row per HTTP request: the id the pre-call hook gave it; a call that failed before the hook
+        # (authentication) is one event, so a fresh id is as good
+        "request_id": captured.get("request_id") or new_request_id(),
+        "call_id": storable_call_id(str(call_id)),
         "route": md.get("user_api_key_request_route"),
         "model": slo.get("model_group") or body.get("model") or captured.get("model") or slo.get("model"),
         "status_code": status,
@@ -460,6 +547,15 @@ def normalize(captured: Mapping[str, Any]) -> dict[str, Any]:
     })
     resp["content"] = _content(captured)
     return {"request": _truncate(req, "request"), "response": _truncate(resp, "response")}
+
+
+def storable_call_id(call_id: str) -> str:
+    """The call id as the column takes it. LiteLLM accepts client ids up to the column's length; a longer
+    one (never seen) keeps its head and gets its sha256 appended, so two such ids never become one."""
+    if len(call_id) <= db_init.CALL_ID_MAX:
+        return call_id
+    digest = hashlib.sha256(call_id.encode("utf-8", "replace")).hexdigest()
+    return f"{call_id[:db_init.CALL_ID_MAX - 72]}...sha256:{digest}"
 
 
 def degrade(record: Mapping[str, Any], cause: str) -> dict[str, Any]:
@@ -1028,9 +1124,9 @@ class Writer:
             return normalize(captured)
         except Exception as exc:  # never lose the fact of the call to a surprising payload
             slo = captured.get("slo") or {}
-            record = {"request": {"request_id": str(slo.get("litellm_call_id") or captured.get("call_id")
-                                                    or f"gateway-logger-{uuid.uuid4()}"),
-                                  "status_code": 0, "end_time": captured.get("received")},
+            call_id = storable_call_id(str(slo.get("litellm_call_id") or captured.get("call_id") or ""))
+            record = {"request": {"request_id": captured.get("request_id") or new_request_id(),
+                                  "call_id": call_id, "status_code": 0, "end_time": captured.get("received")},
                       "response": {}}
             return degrade(record, f"{type(exc).__name__}: {exc}")
 
@@ -1054,6 +1150,7 @@ class Writer:
         req_params = []
         for r in chosen.values():
             p = dict(r["request"])
+            p.setdefault("call_id", p["request_id"])  # spooled before migration 0002: request_id was the call id
             p["start_time"], p["end_time"] = _ts(p.get("start_time")), _ts(p.get("end_time"))
             req_params.append(p)
         stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
@@ -1269,6 +1366,10 @@ def _install_signal_flush() -> None:
         _chained_signals[signum] = current
 
 
+#: set to 1 only for check 6's control listener (acceptance/overhead_control.py)
+DISABLED_ENV = "POC1_LOGGER_DISABLED"
+
+
 class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
     """Captures each call on LiteLLM's loop and hands it to the writer thread."""
 
@@ -1281,7 +1382,12 @@ class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
         self._writer: Writer | None = None
         self._lock = threading.Lock()
         self._say_capture = RateLimitedSay()
-        if "litellm.proxy.proxy_server" in sys.modules:  # inside the gateway: connect (and say so) at start
+        #: off only for check 6's control listener: the same gateway build, writing no rows
+        self.enabled = os.environ.get(DISABLED_ENV, "").strip() not in ("1", "true", "yes")
+        if not self.enabled:
+            say(f"disabled ({DISABLED_ENV}=1): this gateway process writes no rows (a control listener for "
+                "check 6, never the production gateway)")
+        elif "litellm.proxy.proxy_server" in sys.modules:  # inside the gateway: connect (and say so) at start
             self.start()
 
     @property
@@ -1310,10 +1416,30 @@ class GatewayLogger(CustomLogger):  # type: ignore[misc,valid-type]
             self._say_capture(f"a call could not be captured and was dropped: {type(exc).__name__}: {exc}")
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._submit(kwargs, False)
+        if self.enabled:
+            self._submit(kwargs, False)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._submit(kwargs, True)
+        if self.enabled:
+            self._submit(kwargs, True)
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> dict:
+        """Gives the HTTP request its own id before LiteLLM calls the model: LiteLLM keeps this
+        metadata through its retries and hands it to every callback of the request, so retried
+        attempts stay one row and two requests never share one (whatever call id the client sent)."""
+        if self.enabled:
+            metadata = data.get("metadata")
+            if not isinstance(metadata, dict):
+                metadata = data["metadata"] = {}
+            metadata[REQUEST_ID_KEY] = new_request_id()
+        return data
+
+    async def async_post_call_response_headers_hook(self, data: dict, user_api_key_dict: Any, response: Any,
+                                                    request_headers: Any = None,
+                                                    litellm_call_info: Any = None) -> dict[str, str] | None:
+        """Tells the client its row: ``x-poc1-request-id`` (also on errors LiteLLM answers itself)."""
+        request_id = issued_request_id((data.get("metadata") or {}).get(REQUEST_ID_KEY)) if self.enabled else None
+        return {REQUEST_ID_HEADER: request_id} if request_id else None
 
 
 proxy_handler_instance = GatewayLogger()

@@ -85,7 +85,7 @@ class Caller:
                           None, f"{type(exc).__name__}: {text}")
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Sample(arm, phase, seq, resp.status_code, latency_ms, time.time(),
-                      resp.headers.get("x-litellm-call-id"), _header_ms(resp.headers, HEADER_OVERHEAD),
+                      resp.headers.get("x-poc1-request-id"), _header_ms(resp.headers, HEADER_OVERHEAD),
                       _header_ms(resp.headers, HEADER_CALLBACK),
                       None if resp.status_code == 200 else f"HTTP {resp.status_code}")
 

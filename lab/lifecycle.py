@@ -164,8 +164,9 @@ def up() -> LabDescription:
     with lock.held():
         t0 = time.monotonic()
         running = is_up()
-        if running and provision.SCHEMA_FILE in provision.differs(GATEWAY, provision.gateway_code()):
-            _say("db_init.py changed since this lab was built: building a fresh lab (fresh database)")
+        if running and set(provision.SCHEMA_FILES) & set(provision.differs(GATEWAY, provision.gateway_code())):
+            _say("db_init.py or its migrations changed since this lab was built: building a fresh lab "
+                 "(fresh database)")
             running = False
         if running:
             values = credentials.load()

@@ -70,6 +70,10 @@ def _repo_file(rel: str) -> bytes:
 
 
 SCHEMA_FILE = "/opt/litellm/db_init.py"
+#: the schema's alembic migrations, beside db_init.py as db_init expects them
+MIGRATION_FILES = sorted(str(p.relative_to(layout.REPO)) for p in (layout.REPO / "migrations").rglob("*")
+                         if p.is_file() and p.suffix in (".py", ".mako") and "__pycache__" not in p.parts)
+SCHEMA_FILES = (SCHEMA_FILE, *(f"/opt/litellm/{rel}" for rel in MIGRATION_FILES))
 
 
 def gateway_code() -> list[Placed]:
@@ -77,6 +81,7 @@ def gateway_code() -> list[Placed]:
     return [
         Placed("/etc/litellm/config.yaml", _repo_file("config.yaml")),
         Placed(SCHEMA_FILE, _repo_file("db_init.py")),
+        *(Placed(f"/opt/litellm/{rel}", _repo_file(rel)) for rel in MIGRATION_FILES),
         Placed("/opt/litellm/gateway_logger.py", _repo_file("gateway_logger.py")),
         Placed(f"/etc/systemd/system/{layout.GATEWAY_UNIT}.service", _repo_file("deploy/litellm-gateway.service")),
         Placed("/opt/standin-model/standin_model.py", _repo_file("lab/standin_model.py")),

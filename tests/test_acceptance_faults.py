@@ -84,7 +84,7 @@ def healthy(timeout: float = 90) -> None:
             if resp.status_code != 200:
                 last = f"chat HTTP {resp.status_code}"
                 raise RuntimeError(last)
-            call_id = resp.headers["x-litellm-call-id"]
+            call_id = resp.headers["x-poc1-request-id"]
             engine = open_reader(target)
             try:
                 with engine.connect() as conn:

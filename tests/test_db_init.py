@@ -97,7 +97,7 @@ def test_cascade_really_deletes_responses(fresh_db: str) -> None:
     engine = db_init.make_engine(fresh_db)
     from sqlalchemy.orm import Session
     with Session(engine) as s, s.begin():
-        req = db_init.Request(request_id="r1", route="/x", status_code=200)
+        req = db_init.Request(request_id="r1", call_id="c1", route="/x", status_code=200)
         req.responses.append(db_init.Response(latency_ms=1))
         s.add(req)
     with engine.begin() as conn:
@@ -140,3 +140,43 @@ def test_malformed_or_missing_url_exits_2(url: str) -> None:
     result = run_cli("validate", "--url", url, env=env) if url else run_cli("validate", env=env)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("db_init:")
+
+
+#: the schema of a POC-1 database made before migrations (revision 0001): the seed's columns only
+BASELINE_DDL = (
+    "DROP TABLE alembic_version",
+    "DROP INDEX ix_requests_call_id",
+    "ALTER TABLE requests DROP COLUMN call_id",
+)
+
+
+def test_existing_poc1_database_is_migrated_keeping_its_rows(fresh_db: str) -> None:
+    assert run_cli("create", "--url", fresh_db).returncode == 0
+    execute(fresh_db, *BASELINE_DDL,
+            "INSERT INTO requests (request_id, status_code) VALUES ('old-call-1', 200), ('old-call-2', 500)",
+            "INSERT INTO responses (request_id_fk, total_tokens) SELECT id, 7 FROM requests")
+    before = run_cli("validate", "--url", fresh_db)
+    assert before.returncode == 1
+    assert "requests: missing column call_id" in before.stdout
+    assert "schema revision is none (made before migrations)" in before.stdout
+
+    migrated = run_cli("create", "--url", fresh_db)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrated" in migrated.stdout and "0001 -> 0002" in migrated.stdout
+    assert run_cli("validate", "--url", fresh_db).returncode == 0
+    engine = db_init.make_engine(fresh_db)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT request_id, call_id, (SELECT count(*) FROM responses r "
+                                 "WHERE r.request_id_fk = q.id) FROM requests q ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("old-call-1", "old-call-1", 1), ("old-call-2", "old-call-2", 1)]
+    again = run_cli("create", "--url", fresh_db)
+    assert again.returncode == 0 and "migrated" not in again.stdout
+
+
+def test_database_behind_head_is_drift(fresh_db: str) -> None:
+    assert run_cli("create", "--url", fresh_db).returncode == 0
+    execute(fresh_db, "UPDATE alembic_version SET version_num = '0001'")
+    result = run_cli("validate", "--url", fresh_db)
+    assert result.returncode == 1
+    assert f"schema revision is 0001, expected {db_init.head_revision()}" in result.stdout

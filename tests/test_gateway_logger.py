@@ -68,9 +68,9 @@ def test_success_is_logged_within_2s_under_the_call_id(gateway: Gateway, log_db:
     marker = _marker()
     answer = gateway.chat(client, f"hello {marker}", user="alice")
     assert answer.status_code == 200, answer.text
-    call_id = answer.headers["x-litellm-call-id"]
+    call_id = answer.headers["x-poc1-request-id"]
     rows = wait_for_rows(log_db, [call_id], timeout=2.0)
-    assert call_id in rows, "no requests row with the response's x-litellm-call-id within 2 s"
+    assert call_id in rows, "no requests row with the response's x-poc1-request-id within 2 s"
     req = rows[call_id]
     assert len(req["responses"]) == 1
     resp = req["responses"][0]
@@ -107,7 +107,7 @@ def test_no_key_401_is_logged(gateway: Gateway, log_db: str, client: httpx.Clien
 def test_unknown_model_400_is_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
     answer = gateway.chat(client, _marker(), model="no-such-model")
     assert answer.status_code == 400
-    call_id = answer.headers["x-litellm-call-id"]
+    call_id = answer.headers["x-poc1-request-id"]
     rows = wait_for_rows(log_db, [call_id], timeout=5.0)
     assert rows[call_id]["status_code"] == 400
     assert rows[call_id]["model"] == "no-such-model"
@@ -127,18 +127,20 @@ def test_nul_character_request_is_logged(gateway: Gateway, log_db: str, client: 
     marker = _marker()
     answer = gateway.chat(client, f"before\u0000after {marker}")
     assert answer.status_code == 200
-    call_id = answer.headers["x-litellm-call-id"]
+    call_id = answer.headers["x-poc1-request-id"]
     rows = wait_for_rows(log_db, [call_id], timeout=5.0)
     assert call_id in rows, "a request with \\u0000 was not logged"
     assert rows[call_id]["payload"]["messages"][0]["content"] == f"before\ufffdafter {marker}"
 
 
-def test_no_log_request_is_not_logged(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
+def test_no_log_in_the_body_cannot_keep_a_call_out_of_the_log(gateway: Gateway, log_db: str,
+                                                               client: httpx.Client) -> None:
+    """config.yaml sets global_disable_no_log_param: a caller's "no-log": true is ignored."""
     answer = gateway.chat(client, _marker(), **{"no-log": True})
     assert answer.status_code == 200
-    call_id = answer.headers["x-litellm-call-id"]
-    time.sleep(1.0)
-    assert call_id not in logged_rows(log_db, [call_id])
+    request_id = answer.headers["x-poc1-request-id"]
+    rows = wait_for_rows(log_db, [request_id], timeout=5.0)
+    assert request_id in rows and rows[request_id]["status_code"] == 200
 
 
 def test_no_secret_lands_in_the_database_or_the_journal(gateway: Gateway, log_db: str, pg: PgServer,
@@ -174,7 +176,7 @@ def test_start_line_names_the_database_with_password_masked(gateway: Gateway, lo
 
 
 def test_metrics_are_served_on_loopback(gateway: Gateway, log_db: str, client: httpx.Client) -> None:
-    call_id = gateway.chat(client, _marker()).headers["x-litellm-call-id"]
+    call_id = gateway.chat(client, _marker()).headers["x-poc1-request-id"]
     assert call_id in wait_for_rows(log_db, [call_id], timeout=5.0)
     text = client.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics").text
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
@@ -196,7 +198,7 @@ def test_upstream_down_5xx_is_logged(gateway: Gateway, log_db: str, client: http
     finally:
         gateway.start_standin()
     assert 500 <= answer.status_code <= 599, answer.text
-    call_id = answer.headers["x-litellm-call-id"]
+    call_id = answer.headers["x-poc1-request-id"]
     rows = wait_for_rows(log_db, [call_id], timeout=5.0)
     assert rows[call_id]["status_code"] == answer.status_code
     assert rows[call_id]["responses"][0]["content"]["error"]["message"]
@@ -209,7 +211,7 @@ def test_call_retried_inside_the_gateway_is_logged_as_its_answer(gateway: Gatewa
     answer = gateway.chat(client, f"{FAIL_ONCE} {_marker()}")
     assert answer.status_code == 200, answer.text
     assert answer.headers.get("x-litellm-attempted-retries") == "1"  # the failure really happened
-    call_id = answer.headers["x-litellm-call-id"]
+    call_id = answer.headers["x-poc1-request-id"]
     rows = wait_for_rows(log_db, [call_id], timeout=5.0)
     time.sleep(0.5)  # a late event for the same id must not change it either
     req = logged_rows(log_db, [call_id])[call_id]
@@ -235,12 +237,22 @@ def writer(fresh_db: str, tmp_path) -> Iterator[gateway_logger.Writer]:
         w.stop(timeout=5)
 
 
+#: one gateway request id per call id in these tests: the events of one HTTP request (its attempts)
+_REQUEST_IDS: dict[str, str] = {}
+
+
+def _rid(call_id: str) -> str:
+    return _REQUEST_IDS.setdefault(call_id, gateway_logger.new_request_id())
+
+
 def _event(call_id: str, failed: bool) -> dict:
-    return gateway_logger.capture(litellm_call(call_id, failed=failed, status=500 if failed else None), failed)
+    call = litellm_call(call_id, failed=failed, status=500 if failed else None, request_id=_rid(call_id))
+    return gateway_logger.capture(call, failed)
 
 
 def _outcome(db_url: str, call_id: str) -> tuple[int, list[int | None]]:
-    row = logged_rows(db_url, [call_id])[call_id]
+    row = logged_rows(db_url, [_rid(call_id)])[_rid(call_id)]
+    assert row["call_id"] == call_id
     return row["status_code"], [r["total_tokens"] for r in row["responses"]]
 
 
@@ -291,7 +303,10 @@ def test_normalized_record_carries_no_upstream_key_and_fits_the_columns() -> Non
     call["standard_logging_object"]["model_group"] = "m" * 1000
     record = gateway_logger.normalize(gateway_logger.capture(call, failed=False))
     assert "sk-upstream-never-log" not in json.dumps(record)
-    assert len(record["request"]["request_id"]) == db_init.Request.__table__.c.request_id.type.length
+    assert gateway_logger.issued_request_id(record["request"]["request_id"])  # no hook ran: a fresh own id
+    assert len(record["request"]["call_id"]) == db_init.Request.__table__.c.call_id.type.length
+    other = gateway_logger.normalize(gateway_logger.capture(litellm_call("c" * 299 + "d"), failed=False))
+    assert other["request"]["call_id"] != record["request"]["call_id"]  # over-long ids never collide
     assert len(record["request"]["model"]) == db_init.Request.__table__.c.model.type.length
     assert record["request"]["payload"]["messages"][0]["content"] == "x\ufffd"
 

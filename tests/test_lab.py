@@ -136,7 +136,7 @@ def test_chat_completion_row_lands_on_db_host(local: LocalLab, reader) -> None:
     resp = local.chat(marker)
     assert resp.status_code == 200, resp.text[:200]
     assert marker in resp.json()["choices"][0]["message"]["content"]  # the stand-in model answered
-    call_id = resp.headers["x-litellm-call-id"]
+    call_id = resp.headers["x-poc1-request-id"]
     found = _wait_row(reader, call_id)
     assert found is not None, f"no row for call {call_id} on the db host after {ROW_WAIT_S} s"
     req, resps = found

@@ -274,7 +274,7 @@ def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_la
                 for n in range(BURST)
             ]
         assert [a.status_code for a in answers] == [200] * BURST  # the gateway answers; the logger drops
-        ids = [a.headers["x-litellm-call-id"] for a in answers]
+        ids = [a.headers["x-poc1-request-id"] for a in answers]
         received = fresh.get("rows_received_total") + BURST  # the restart's readiness call came before
         seen = _wait_metrics(lambda m: m.get("rows_received_total") >= received, 15)
         lab.systemctl("db", "start", POSTGRES, check=True)

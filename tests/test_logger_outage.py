@@ -193,7 +193,7 @@ async def _stream(gw: Gateway, rate: float, seconds: float) -> list[Sample]:
                 r = await client.post(f"{gw.url}/v1/chat/completions", headers=gw.headers, json={
                     "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"steady {n}"}]})
                 samples.append(Sample(sent, time.monotonic() - sent, r.status_code,
-                                      r.headers.get("x-litellm-call-id")))
+                                      r.headers.get("x-poc1-request-id")))
             except httpx.HTTPError:
                 samples.append(Sample(sent, time.monotonic() - sent, 0, None))
 
@@ -291,7 +291,7 @@ def test_sigterm_flushes_to_spool_and_the_spool_is_replayed(own_pg: PgServer, ou
         with httpx.Client(timeout=30) as client:
             answers = [gw.chat(client, f"before exit {n}") for n in range(30)]
         assert [a.status_code for a in answers] == [200] * 30
-        ids = [a.headers["x-litellm-call-id"] for a in answers]
+        ids = [a.headers["x-poc1-request-id"] for a in answers]
         time.sleep(1.0)  # callbacks run after the answer
         assert gw.stop_proxy(signal.SIGTERM, timeout=30) is not None
         assert set(ids) <= set(_spooled_ids(gw.spool_dir)), "exit did not put the waiting rows in the spool"

@@ -84,7 +84,7 @@ def _latency_round(gateway: Gateway, per_variant: int) -> LatencyRound:
             answer = gateway.chat(client, f"bench {n}", **({} if logged else {"no-log": True}))
             result.latencies[logged].append(time.perf_counter() - t0)
             assert answer.status_code == 200
-            result.ids[logged].append(answer.headers["x-litellm-call-id"])
+            result.ids[logged].append(answer.headers["x-poc1-request-id"])
     return result
 
 

@@ -245,8 +245,11 @@ def wait_for_rows(db_url: str, request_ids: list[str], timeout: float) -> dict[s
 
 
 def litellm_call(call_id: str, content: str = "hello", *, failed: bool = False, status: int | None = None,
-                 key_hash: str | None = "litellm_proxy_master_key") -> dict:
-    """The callback kwargs LiteLLM passes (the fields the logger reads), as seen live in lab-notes.md."""
+                 key_hash: str | None = "litellm_proxy_master_key", request_id: str | None = None) -> dict:
+    """The callback kwargs LiteLLM passes (the fields the logger reads), as seen live in lab-notes.md.
+
+    ``request_id``: the id the logger's pre-call hook gave the HTTP request (in the request's metadata);
+    None = a call that failed before the hook ran (authentication)."""
     now = time.time()
     body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
             "metadata": {"headers": {"host": "127.0.0.1"}, "user_api_key_hash": key_hash},
@@ -263,5 +266,6 @@ def litellm_call(call_id: str, content: str = "hello", *, failed: bool = False, 
         "error_information": {"error_code": str(status or ""), "error_class": "X" if failed else ""},
     }
     return {"standard_logging_object": slo, "litellm_call_id": call_id, "model": MODEL,
-            "litellm_params": {"proxy_server_request": {"body": body}, "api_key": "sk-upstream-never-log"},
+            "litellm_params": {"proxy_server_request": {"body": body}, "api_key": "sk-upstream-never-log",
+                               "metadata": {"poc1_gateway_request_id": request_id} if request_id else {}},
             "exception": RuntimeError("upstream failed") if failed else None}
