@@ -1,7 +1,8 @@
 """Check 6: the DB-logging overhead, measured on the live gateway by a stated method.
 
-The seed signed off "<5 ms DB logging overhead" with no method. Here, in one run: logged and unlogged
-(``"no-log": true``) requests interleaved on the same gateway (the added p95 is the pass condition),
+The seed signed off "<5 ms DB logging overhead" with no method. Here, in one run: logged requests to the
+gateway and unlogged ones to its control listener (the same build on the same host with the logger's DB
+writes off, acceptance/overhead_control.py) interleaved in the same seconds (the added p95 is the pass condition),
 the time until each logged request's row exists (durability lag: catches a slow writer that the client
 never waits for), the throughput with all requests logged versus none, and LiteLLM's own timing
 headers. The method is written into the artifact (acceptance/overhead_probe.py: METHOD).
@@ -17,12 +18,14 @@ import hashlib
 import os
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
 import httpx
 import pytest
 
+from acceptance import overhead_control as control
 from acceptance import overhead_options
 from acceptance import overhead_probe as probe
 from acceptance import overhead_stats as stats
@@ -81,14 +84,18 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
     headers = {"Authorization": f"Bearer {target.master_key}"}
     tp_blocks: list[dict[str, Any]] = []
     tp_samples: list[probe.Sample] = []
-    with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT, trust_env=False,
-                      limits=httpx.Limits(max_connections=plan.concurrency)) as client:
-        caller = probe.Caller(client, run.run_id, str(target.vars.get("chat_model", probe.MODEL)))
+    with control.running(run.hosts.gateway, target) as listener, ExitStack() as clients:
+        doc["control"] = listener.as_dict()
+        urls = {"logged": base_url, "unlogged": listener.url}
+        caller = probe.Caller({arm: clients.enter_context(httpx.Client(
+            base_url=urls[arm], headers=headers, timeout=REQUEST_TIMEOUT, trust_env=False,
+            limits=httpx.Limits(max_connections=plan.concurrency))) for arm in probe.ARMS},
+            run.run_id, str(target.vars.get("chat_model", probe.MODEL)))
         ab = probe.Interleaved(caller, plan.pairs, plan.warmup)
         try:
             pairs = probe.run_interleaved(ab, plan, benchmark)
         except probe.UnusableGateway as exc:
-            cause = one_line(f"{base_url}: {exc}")
+            cause = one_line(f"{base_url} / control {listener.url}: {exc}")
             doc.data.update(error=cause, samples=probe.sample_rows(ab.samples))
             raise CheckFailure(cause) from None
         if all(a.ok and b.ok for a, b in pairs):
@@ -102,7 +109,7 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
     with failing_as(f"{db.label}: reading the rows of this run's {len(logged_ids)} logged calls"):
         engine = run.db_engine.get()
         clock = stats.clock_offset(probe.clock_probes(engine))
-        created = probe.wait_for_rows(engine, logged_ids, plan.row_wait_s)
+        created = probe.wait_for_rows(engine, logged_ids, plan.row_wait_s)  # by x-poc1-request-id
         created.update(probe.created_at_by_call_id(engine, unlogged_ids))
 
     document = probe.build_document(

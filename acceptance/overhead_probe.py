@@ -56,28 +56,30 @@ def _header_ms(headers: httpx.Headers, name: str) -> float | None:
         return None
 
 
+#: the id each arm's answer carries: the logger's own row id on the gateway; LiteLLM's call id on the
+#: control listener, whose logger is off (the check looks that id up to prove no row was written)
+ID_HEADER = {"logged": "x-poc1-request-id", "unlogged": "x-litellm-call-id"}
+
+
 @dataclass
 class Caller:
-    """Sends the runbook's chat call, tagged with the run, to one gateway over one client."""
+    """Sends the runbook's chat call, tagged with the run: the logged arm to the gateway, the unlogged
+    arm to the control listener (same build, same host, logger writes off), one client each."""
 
-    client: httpx.Client
+    clients: dict[str, httpx.Client]
     run_id: str
     model: str = MODEL
 
     def body(self, arm: str, phase: str, seq: int) -> dict[str, Any]:
-        """``"no-log": true`` makes LiteLLM skip the logging callbacks for that one call."""
-        body: dict[str, Any] = {"model": self.model, "max_tokens": 16, "messages": [
-            {"role": "user", "content": f"overhead probe {self.run_id} {phase} {seq}"}]}
-        if arm == "unlogged":
-            body["no-log"] = True
-        return body
+        return {"model": self.model, "max_tokens": 16, "messages": [
+            {"role": "user", "content": f"overhead probe {self.run_id} {arm} {phase} {seq}"}]}
 
     def send(self, arm: str, phase: str, seq: int) -> Sample:
         """One chat call, timed from just before the request to the last byte of the answer."""
         body = self.body(arm, phase, seq)
         start = time.perf_counter()
         try:
-            resp = self.client.post(CHAT_PATH, json=body)
+            resp = self.clients[arm].post(CHAT_PATH, json=body)
             resp.read()
         except httpx.HTTPError as exc:
             text = str(exc).splitlines()[0] if str(exc) else ""
@@ -85,7 +87,7 @@ class Caller:
                           None, f"{type(exc).__name__}: {text}")
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Sample(arm, phase, seq, resp.status_code, latency_ms, time.time(),
-                      resp.headers.get("x-poc1-request-id"), _header_ms(resp.headers, HEADER_OVERHEAD),
+                      resp.headers.get(ID_HEADER[arm]), _header_ms(resp.headers, HEADER_OVERHEAD),
                       _header_ms(resp.headers, HEADER_CALLBACK),
                       None if resp.status_code == 200 else f"HTTP {resp.status_code}")
 
@@ -204,24 +206,32 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
         yield items[i:i + size]
 
 
+def created_at_by_request_id(engine: Engine, request_ids: Sequence[str]) -> dict[str, float]:
+    """``requests.created_at`` (epoch seconds) of the rows with these (logger's own) request ids."""
+    return _created_at(engine, Request.request_id, request_ids)
+
+
 def created_at_by_call_id(engine: Engine, call_ids: Sequence[str]) -> dict[str, float]:
-    """``requests.created_at`` (epoch seconds) of the rows that carry these call ids."""
+    """The same for LiteLLM call ids (the control arm's answers: any row found is a row too many)."""
+    return _created_at(engine, Request.call_id, call_ids)
+
+
+def _created_at(engine: Engine, column: Any, ids: Sequence[str]) -> dict[str, float]:
     found: dict[str, float] = {}
     with engine.connect() as conn:
-        for chunk in _chunks(list(call_ids)):
-            stmt = select(Request.request_id, Request.created_at).where(Request.request_id.in_(chunk))
-            for request_id, created_at in conn.execute(stmt):
-                found[request_id] = created_at.timestamp()
+        for chunk in _chunks(list(ids)):
+            for key, created_at in conn.execute(select(column, Request.created_at).where(column.in_(chunk))):
+                found[key] = created_at.timestamp()
     return found
 
 
-def wait_for_rows(engine: Engine, call_ids: Sequence[str], timeout_s: float,
+def wait_for_rows(engine: Engine, request_ids: Sequence[str], timeout_s: float,
                   clock: Callable[[], float] = time.monotonic, poll_s: float = 0.25) -> dict[str, float]:
     """Poll until every id has its row or the time is up; returns what was found."""
     deadline = clock() + timeout_s
     while True:
-        found = created_at_by_call_id(engine, call_ids)
-        if len(found) >= len(set(call_ids)) or clock() >= deadline:
+        found = created_at_by_request_id(engine, request_ids)
+        if len(found) >= len(set(request_ids)) or clock() >= deadline:
             return found
         time.sleep(poll_s)
 
@@ -258,9 +268,12 @@ def run_interleaved(ab: Interleaved, plan: Plan, benchmark: Any | None = None) -
 
 METHOD = {
     "added_latency": (
-        "Interleaved A/B on the same gateway in the same seconds: as many requests with DB logging on as "
-        "with '\"no-log\": true' in the body (LiteLLM then skips the logging callbacks for that call), "
-        "sent one at a time over one keep-alive connection in a balanced random order (so the logging "
+        "Interleaved A/B on the same gateway host in the same seconds: as many requests to the gateway "
+        "(DB logging on) as to its control listener (the same venv, config.yaml and logger module on "
+        "another port, with POC1_LOGGER_DISABLED=1: the logger's hooks and DB writes off; started by the "
+        "check over SSH and stopped after, see control). No client can opt a call out of the log "
+        "(global_disable_no_log_param), so the unlogged arm is a second process, not a request flag. "
+        "Sent one at a time, one keep-alive connection per arm, in a balanced random order (so the logging "
         "work that runs just after a logged answer slows the next request whichever arm it belongs to, "
         "and cancels in the difference); the first requests of each arm are warm-up and dropped. "
         "Latency is the client's time from sending to the last byte of the answer. Added latency = "
@@ -273,8 +286,8 @@ METHOD = {
         "durability lag (how long until the row exists) and the throughput with every request logged "
         "versus none (the gateway capacity the background work takes)."),
     "durability_lag": (
-        "For each logged request: requests.created_at of its row (found by the call id "
-        "x-litellm-call-id, read-only, query built from db_init's models) minus the client's time of the "
+        "For each logged request: requests.created_at of its row (found by the logger's own request id "
+        "x-poc1-request-id, read-only, query built from db_init's models) minus the client's time of the "
         "answer's last byte, corrected by the measured clock offset between the runner and the database "
         "host. created_at is now() of the writing transaction, i.e. its start: the commit follows it "
         "by the INSERTs' own duration. Rows not present within row_wait_s count as missing. A writer "
@@ -290,8 +303,8 @@ METHOD = {
         "provider call) and x-litellm-callback-duration-ms (time spent in callbacks before the answer); "
         "recorded beside the A/B figure, not used for the verdict."),
     "validity": (
-        "A no-log request must leave no row (else the comparison is void), and every request must be "
-        "answered 200."),
+        "A control-listener request must leave no row (looked up by its x-litellm-call-id; else the "
+        "comparison is void), and every request must be answered 200."),
 }
 
 

@@ -184,8 +184,8 @@ def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, in
         "every logged request has its row", completeness["logged_rows"], f"= {completeness['logged_ok']}",
         rows_ok, f"{completeness['logged_rows']} of {completeness['logged_ok']} rows committed in time"))
     v.criteria.append(Criterion(
-        "no row for a no-log request", completeness["unlogged_rows"], "= 0", completeness["unlogged_rows"] == 0,
-        f"{completeness['unlogged_rows']} rows written although the request said no-log "
+        "no row for a control-listener request", completeness["unlogged_rows"], "= 0", completeness["unlogged_rows"] == 0,
+        f"{completeness['unlogged_rows']} rows written for requests to the control listener (its logger is off) "
         "(the A/B comparison is void)"))
     return v
 
@@ -210,7 +210,7 @@ def histogram_png(logged: Sequence[float], unlogged: Sequence[float], lags: Sequ
     bins = np.linspace(bottom, max(top, bottom + 1e-3), 50)
     fig, axes = plt.subplots(1, 2 if len(lags) else 1, figsize=(12 if len(lags) else 7, 4.2), squeeze=False)
     ax = axes[0][0]
-    for arr, label, colour in ((un_arr, "logging off (no-log)", "tab:blue"), (lo_arr, "logging on", "tab:orange")):
+    for arr, label, colour in ((un_arr, "logging off (control listener)", "tab:blue"), (lo_arr, "logging on", "tab:orange")):
         ax.hist(np.clip(arr, None, top), bins=bins, alpha=0.55, label=f"{label}, n={arr.size}", color=colour)
         if arr.size:
             p95 = float(np.percentile(arr, 95))

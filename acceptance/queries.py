@@ -17,9 +17,9 @@ from db_init import Request, Response
 from evidence_writers.writers import SqlResult
 
 HEAD_ROWS = 5
-REQUEST_COLUMNS = (Request.id, Request.created_at, Request.request_id, Request.route, Request.model,
-                   Request.status_code, Request.user_id, Request.api_key, Request.start_time, Request.end_time,
-                   Request.payload)
+REQUEST_COLUMNS = (Request.id, Request.created_at, Request.request_id, Request.call_id, Request.route,
+                   Request.model, Request.status_code, Request.user_id, Request.api_key, Request.start_time,
+                   Request.end_time, Request.payload)
 RESPONSE_COLUMNS = (Response.id, Response.created_at, Response.request_id_fk, Response.latency_ms,
                     Response.prompt_tokens, Response.completion_tokens, Response.total_tokens, Response.cost,
                     Response.response_model, Response.content)
@@ -42,21 +42,28 @@ def newest_responses(limit: int = HEAD_ROWS) -> Select:
     return select(*RESPONSE_COLUMNS).order_by(Response.id.desc()).limit(limit)
 
 
-def request_by_call_id(call_id: str) -> Select:
-    return select(*REQUEST_COLUMNS).where(Request.request_id == call_id)
+def request_by_id(request_id: str) -> Select:
+    """A call's request row, by the logger's own id of it (``x-poc1-request-id``: unique)."""
+    return select(*REQUEST_COLUMNS).where(Request.request_id == request_id)
 
 
-def responses_of_call(call_id: str) -> Select:
+def requests_with_call_id(call_id: str) -> Select:
+    """Every request row carrying a LiteLLM call id (a client may reuse one: not unique)."""
+    return select(Request.id, Request.request_id, Request.status_code).where(Request.call_id == call_id)
+
+
+def responses_of_request(request_id: str) -> Select:
     return (select(*RESPONSE_COLUMNS).join(Request, Response.request_id_fk == Request.id)
-            .where(Request.request_id == call_id).order_by(Response.id))
+            .where(Request.request_id == request_id).order_by(Response.id))
 
 
-def join_for_call(call_id: str) -> Select:
-    return (select(Request.id.label("request_pk"), Request.request_id, Request.model, Request.status_code,
-                   Response.id.label("response_id"), Response.latency_ms, Response.prompt_tokens,
-                   Response.completion_tokens, Response.total_tokens, Response.response_model)
+def join_for_request(request_id: str) -> Select:
+    return (select(Request.id.label("request_pk"), Request.request_id, Request.call_id, Request.model,
+                   Request.status_code, Response.id.label("response_id"), Response.latency_ms,
+                   Response.prompt_tokens, Response.completion_tokens, Response.total_tokens,
+                   Response.response_model)
             .join(Response, Response.request_id_fk == Request.id)
-            .where(Request.request_id == call_id))
+            .where(Request.request_id == request_id))
 
 
 def integrity_counts() -> dict[str, Select]:
@@ -86,7 +93,7 @@ class Found:
     polls: int
 
 
-def wait_for_call(conn: Connection, call_id: str, timeout_s: float, interval_s: float = 0.2) -> Found:
+def wait_for_call(conn: Connection, request_id: str, timeout_s: float, interval_s: float = 0.2) -> Found:
     """Poll (bounded) until the call's request row and at least one linked response are visible.
 
     The logger writes after the answer has been sent, so the row may lag the HTTP response a little.
@@ -96,8 +103,8 @@ def wait_for_call(conn: Connection, call_id: str, timeout_s: float, interval_s: 
     polls = 0
     while True:
         polls += 1
-        request = conn.execute(request_by_call_id(call_id)).first()
-        responses = conn.execute(responses_of_call(call_id)).all() if request is not None else []
+        request = conn.execute(request_by_id(request_id)).first()
+        responses = conn.execute(responses_of_request(request_id)).all() if request is not None else []
         conn.rollback()
         waited = time.monotonic() - start
         if (request is not None and responses) or waited >= timeout_s:

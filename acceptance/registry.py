@@ -22,8 +22,9 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("service_status", "litellm-gateway service is active (running)", ("service_status.txt",)),
     CheckSpec("gateway_db_connect", "Gateway is connected to PostgreSQL (logger journal + live session)",
               ("gateway_db_connect.log",)),
-    CheckSpec("chat_call", "Runbook chat call returns HTTP 200 with a completion", ("chat_call.json",)),
-    CheckSpec("db_rows", "This run's request and its response are logged",
+    CheckSpec("chat_call", "Runbook chat call returns HTTP 200 with a completion, plain and streamed",
+              ("chat_call.json", "chat_stream.json")),
+    CheckSpec("db_rows", "This run's requests (plain and streamed) and their responses are logged",
               ("requests_head.txt", "responses_head.txt")),
     CheckSpec("join_check", "Request-to-response join and table integrity", ("join_check.txt",)),
     # check 6: written by its own module (acceptance/check_overhead.py), which declares its artifacts here

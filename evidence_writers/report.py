@@ -172,7 +172,7 @@ def overhead_html(doc: dict[str, Any] | None, png: bytes | None) -> str:
         ("clock offset database - runner", _fmt((lag.get("clock") or {}).get("offset_ms"))),
         ("requests (logged / unlogged, incl. throughput)",
          f"{comp.get('logged_sent', '?')} / {comp.get('unlogged_sent', '?')}"),
-        ("rows found for logged / for no-log requests",
+        ("rows found for logged / for control-listener requests",
          f"{comp.get('logged_rows', '?')} / {comp.get('unlogged_rows', '?')}"),
         ("check duration", _fmt(doc.get("duration_s"), " s")),
     ]

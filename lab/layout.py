@@ -56,6 +56,7 @@ PG_UNIT = f"postgresql@{PG_VERSION}-main"
 
 GATEWAY_PORT = 4000
 GATEWAY_UNIT = "litellm-gateway"
+CONTROL_UNIT = "litellm-gateway-control"  # check 6's control listener, started by the suite
 STANDIN_UNIT = "standin-model"
 STANDIN_PORT = 8011
 MODEL = "gpt-4o-mini"

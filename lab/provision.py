@@ -84,6 +84,8 @@ def gateway_code() -> list[Placed]:
         *(Placed(f"/opt/litellm/{rel}", _repo_file(rel)) for rel in MIGRATION_FILES),
         Placed("/opt/litellm/gateway_logger.py", _repo_file("gateway_logger.py")),
         Placed(f"/etc/systemd/system/{layout.GATEWAY_UNIT}.service", _repo_file("deploy/litellm-gateway.service")),
+        Placed(f"/etc/systemd/system/{layout.CONTROL_UNIT}.service",
+               _repo_file("deploy/litellm-gateway-control.service")),
         Placed("/opt/standin-model/standin_model.py", _repo_file("lab/standin_model.py")),
         Placed(f"/etc/systemd/system/{layout.STANDIN_UNIT}.service", _repo_file("lab/units/standin-model.service")),
     ]

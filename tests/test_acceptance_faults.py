@@ -20,6 +20,8 @@ from typing import Callable
 
 import httpx
 import pytest
+
+from acceptance import registry
 import yaml
 
 from acceptance.registry import CHECKS
@@ -31,9 +33,7 @@ pytestmark = pytest.mark.lab
 FIVE = ("service_status", "gateway_db_connect", "chat_call", "db_rows", "join_check")
 #: checks 1–5 only; check 6 (the overhead benchmark) is slow and has its own tests
 CHECK_MODULES = tuple(f"acceptance/check_{c}.py" for c in FIVE)
-ARTIFACTS = {"service_status": ["service_status.txt"], "gateway_db_connect": ["gateway_db_connect.log"],
-             "chat_call": ["chat_call.json"], "db_rows": ["requests_head.txt", "responses_head.txt"],
-             "join_check": ["join_check.txt"]}
+ARTIFACTS = {c: list(registry.BY_ID[c].artifacts) for c in FIVE}
 CHECK_BOUND_S = 20.0     # no check may take longer than this, whatever is broken
 RUN_BOUND_S = 60.0       # nor the whole run of checks 1–5
 GATEWAY, DB = "10\\.231\\.0\\.18", "10\\.231\\.0\\.19"
@@ -251,9 +251,14 @@ def test_healthy_lab_passes_and_the_bundle_is_true(embedded_lab, tmp_path: Path)
     assert v["db"]["postgresql"].startswith("15.") and v["suite"]["commit"]
     assert v["files_match"]["db_init.py"] is True  # the lab runs the repo's db_init.py
     chat = run.check("chat_call")["details"]
-    # this run's call is the one found in the database
-    assert run.check("db_rows")["details"]["call_id"] == chat["call_id"] == run.check("join_check")["details"]["call_id"]
-    assert chat["call_id"] in (run.evidence_dir / "requests_head.txt").read_text()
+    # this run's calls (plain and streamed) are the ones found in the database
+    rows, join = run.check("db_rows")["details"], run.check("join_check")["details"]
+    assert rows["plain"]["request_id"] == chat["request_id"] == join["request_ids"]["plain"]
+    assert rows["stream"]["request_id"] == chat["stream_request_id"] == join["request_ids"]["stream"]
+    assert rows["plain"]["responses"] == rows["stream"]["responses"] == 1
+    assert join["linked_rows"] == {"plain": 1, "stream": 1}
+    head = (run.evidence_dir / "requests_head.txt").read_text()
+    assert chat["request_id"] in head and chat["stream_request_id"] in head and chat["call_id"] in head
     print(f"\nhealthy run of checks 1-5: {run.wall_s:.2f} s wall (process), "
           f"checks {sum(c['duration_s'] for c in m['checks']):.2f} s, manifest wall {m['timings']['wall_s']} s")
 

@@ -51,10 +51,40 @@ def test_injected_write_delay_makes_check_6_fail(tmp_path: Path, embedded_lab) -
     assert run.rc == 1, run.stdout[-3000:]
     check = run.check("overhead")
     assert check["outcome"] == "failed"
-    assert check["cause"].startswith("durability lag p95 "), check["cause"]
+    assert "durability lag p95 " in check["cause"], check["cause"]
     doc = json.loads((run.evidence_dir / "overhead_benchmark.json").read_text())
     lag = doc["durability_lag_ms"]["interleaved"]
     assert lag["p95"] >= DELAY_MS, lag  # every row waited at least for the injected sleep
     assert doc["completeness"]["logged_rows"] == doc["completeness"]["logged_ok"]  # slow, not lost
     assert (run.evidence_dir / "overhead_histogram.png").is_file()
     assert "overhead_histogram.png" in [a["path"] for a in run.manifest["artifacts"]]
+    # the unlogged arm ran on the control listener, which the check stopped again
+    assert doc["control"]["unit"] == CONTROL and doc["completeness"]["unlogged_rows"] == 0
+    assert control_state() == "inactive"
+
+
+CONTROL = "litellm-gateway-control"
+CONTROL_FILE = f"/etc/systemd/system/{CONTROL}.service"
+
+
+def control_state() -> str:
+    import lab
+
+    return lab.exec("gateway", f"systemctl is-active {CONTROL} || true", timeout=30).stdout.strip()
+
+
+def test_missing_control_listener_fails_check_6_naming_it(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """Without its control arm check 6 cannot measure (no client may opt out of logging): it must say so."""
+    import lab
+
+    lab.exec("gateway", f"mv {CONTROL_FILE} {CONTROL_FILE}.away && systemctl daemon-reload")
+    try:
+        run = run_suite(tmp_path / "evidence", "acceptance/check_overhead.py", "--overhead-pairs=20", timeout=120)
+    finally:
+        lab.exec("gateway", f"mv {CONTROL_FILE}.away {CONTROL_FILE} && systemctl daemon-reload")
+    assert run.rc == 1, run.stdout[-3000:]
+    check = run.check("overhead")
+    assert check["outcome"] == "failed"
+    assert check["cause"] == (f"control listener {CONTROL} is not installed on gateway (install "
+                              "deploy/litellm-gateway-control.service, see POC-1/RUNBOOK.md)"), check["cause"]
+    assert "not found" not in lab.exec("gateway", f"systemctl show -p LoadState {CONTROL}", timeout=30).stdout

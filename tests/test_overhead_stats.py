@@ -109,7 +109,7 @@ from acceptance import overhead_probe as probe  # noqa: E402
 
 class RecordingCaller(probe.Caller):
     def __init__(self, fail_from: int | None = None) -> None:
-        super().__init__(client=None, run_id="r")  # type: ignore[arg-type]
+        super().__init__(clients={}, run_id="r")
         self.sent: list[str] = []
         self.fail_from = fail_from
 

@@ -1,8 +1,8 @@
 """What the logger costs the gateway, and how fast its writer is — side by side, in one run.
 
-1. Client latency through a real proxy with the logger vs. without it (``"no-log": true`` skips the
-   callbacks for one request), interleaved in alternating blocks so the callback's event-loop time
-   (it runs after the answer, i.e. during the next request) is charged to the logged side.
+1. Client latency through a real proxy with the logger vs. a second proxy of the same build with the
+   logger off (``POC1_LOGGER_DISABLED=1``: no client can opt a call out of the log), interleaved in
+   alternating blocks.
    Targets: added p50 <= 0.5 ms, added p99 <= 2 ms. On a shared 2-core machine the run-to-run noise of a
    p99 over a few hundred samples is larger than that, so the run also measures its own noise floor
    (an A/A split of the no-log samples into alternate blocks) and allows target + noise.
@@ -66,25 +66,39 @@ def gateway(bench_db: str) -> Iterator[Gateway]:
         gw.cleanup()
 
 
+@pytest.fixture(scope="module")
+def control(bench_db: str) -> Iterator[Gateway]:
+    """The same proxy with the logger off: the unlogged arm."""
+    gw = Gateway(bench_db, env={gateway_logger.DISABLED_ENV: "1"}).start()
+    try:
+        yield gw
+    finally:
+        gw.cleanup()
+
+
 @dataclass
 class LatencyRound:
     latencies: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
     ids: dict[bool, list[str]] = field(default_factory=lambda: {True: [], False: []})
 
 
-def _latency_round(gateway: Gateway, per_variant: int) -> LatencyRound:
-    """Sequential requests in alternating blocks: BLOCK logged, BLOCK with "no-log", ..."""
+def _latency_round(gateway: Gateway, control: Gateway, per_variant: int) -> LatencyRound:
+    """Sequential requests in alternating blocks: BLOCK to the logged gateway, BLOCK to the control, ..."""
     result = LatencyRound()
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30) as logged_client, httpx.Client(timeout=30) as control_client:
+        arms = {True: (gateway, logged_client, "x-poc1-request-id"),
+                False: (control, control_client, "x-litellm-call-id")}
         for n in range(40):  # warm-up, not measured
-            gateway.chat(client, f"warm-up {n}", **({"no-log": True} if n % 2 else {}))
+            gw, client, _ = arms[n % 2 == 0]
+            gw.chat(client, f"warm-up {n}")
         for n in range(2 * per_variant):
             logged = (n // BLOCK) % 2 == 0
+            gw, client, header = arms[logged]
             t0 = time.perf_counter()
-            answer = gateway.chat(client, f"bench {n}", **({} if logged else {"no-log": True}))
+            answer = gw.chat(client, f"bench {n}")
             result.latencies[logged].append(time.perf_counter() - t0)
             assert answer.status_code == 200
-            result.ids[logged].append(answer.headers["x-poc1-request-id"])
+            result.ids[logged].append(answer.headers[header])
     return result
 
 
@@ -100,33 +114,43 @@ def _latency_figures(r: LatencyRound) -> dict[str, Any]:
     a_side = [x for n, x in enumerate(r.latencies[False]) if (n // BLOCK) % 2 == 0]
     b_side = [x for n, x in enumerate(r.latencies[False]) if (n // BLOCK) % 2 == 1]
     for p in (50, 99):
-        figures[f"A/A noise p{p} ms (no-log vs no-log)"] = _ms(abs(_pct(a_side, p) - _pct(b_side, p)))
+        figures[f"A/A noise p{p} ms (control vs control)"] = _ms(abs(_pct(a_side, p) - _pct(b_side, p)))
     return figures
 
 
 def _meets_targets(f: dict[str, Any]) -> bool:
-    return (f["p50 added ms"] <= 0.5 + f["A/A noise p50 ms (no-log vs no-log)"]
-            and f["p99 added ms"] <= 2.0 + f["A/A noise p99 ms (no-log vs no-log)"])
+    return (f["p50 added ms"] <= 0.5 + f["A/A noise p50 ms (control vs control)"]
+            and f["p99 added ms"] <= 2.0 + f["A/A noise p99 ms (control vs control)"])
 
 
-def test_gateway_latency_with_vs_without_logger(gateway: Gateway, bench_db: str, benchmark: Any,
-                                                bench_results: dict) -> None:
+def test_gateway_latency_with_vs_without_logger(gateway: Gateway, control: Gateway, bench_db: str,
+                                                benchmark: Any, bench_results: dict) -> None:
     """Targets: added p50 <= 0.5 ms, added p99 <= 2 ms (each plus the run's A/A noise). The machine is
     shared, so a miss is confirmed by a second round before it fails; both rounds are reported."""
     rounds: list[LatencyRound] = []
-    benchmark.pedantic(lambda: rounds.append(_latency_round(gateway, PER_VARIANT)), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: rounds.append(_latency_round(gateway, control, PER_VARIANT)), rounds=1, iterations=1)
     figures = [_latency_figures(rounds[0])]
     if not _meets_targets(figures[0]):
-        rounds.append(_latency_round(gateway, PER_VARIANT))
+        rounds.append(_latency_round(gateway, control, PER_VARIANT))
         figures.append(_latency_figures(rounds[1]))
     time.sleep(1.0)
     for r in rounds:
         assert len(logged_rows(bench_db, r.ids[True])) == len(r.ids[True]), "logged requests are missing rows"
-        assert logged_rows(bench_db, r.ids[False]) == {}, "no-log requests were logged"
+        assert _rows_with_call_ids(bench_db, r.ids[False]) == 0, "the control's requests were logged"
     for n, f in enumerate(figures, 1):
         bench_results[f"gateway latency, round {n} (sequential client, alternating blocks of {BLOCK})"] = f
     benchmark.extra_info.update(figures[-1])
     assert _meets_targets(figures[-1]), figures
+
+
+def _rows_with_call_ids(db_url: str, call_ids: list[str]) -> int:
+    engine = db_init.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(db_init.Request).where(
+                db_init.Request.call_id.in_(call_ids))).scalar_one()
+    finally:
+        engine.dispose()
 
 
 def _settings(tmp_path: Path) -> gateway_logger.Settings:
@@ -158,9 +182,9 @@ def test_writer_sustained_rows_per_second(bench_db: str, tmp_path: Path, benchma
     engine = db_init.make_engine(bench_db)
     with engine.connect() as conn:
         stored = conn.execute(select(func.count()).select_from(db_init.Request).where(
-            db_init.Request.request_id.in_(ids))).scalar_one()
+            db_init.Request.call_id.in_(ids))).scalar_one()
         linked = conn.execute(select(func.count()).select_from(db_init.Response).join(db_init.Request).where(
-            db_init.Request.request_id.in_(ids))).scalar_one()
+            db_init.Request.call_id.in_(ids))).scalar_one()
     engine.dispose()
     rate = WRITER_ROWS / elapsed[0]
     figures = {"rows": WRITER_ROWS, "seconds": round(elapsed[0], 2), "rows/s": round(rate),

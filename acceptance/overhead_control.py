@@ -1,0 +1,97 @@
+"""Check 6's control arm: the same gateway build on the same host, with the logger's DB writes off.
+
+Why: a client cannot keep a call out of the log (config.yaml sets ``global_disable_no_log_param``), so
+the unlogged arm can no longer be ``"no-log": true`` requests to the gateway itself. Instead the check
+starts the control listener (``deploy/litellm-gateway-control.service``: same venv, config.yaml and
+logger module, ``POC1_LOGGER_DISABLED=1``, its own port) over SSH, sends both arms interleaved in the
+same seconds — logged to the gateway, unlogged to the control — and stops it afterwards, whatever happened.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from acceptance import systemd
+from fixtures.errors import CheckFailure, one_line
+from fixtures.inventory import Target
+from fixtures.ssh import SshSession
+
+DEFAULT_UNIT = "litellm-gateway-control"
+#: LiteLLM starts in ~8-10 s on the lab's two cores; beyond this the control is broken, not slow
+START_TIMEOUT_S = 90.0
+PROPS = ("LoadState", "ActiveState", "SubState", "FragmentPath", "ExecStart", "MainPID", "Result")
+
+
+@dataclass
+class Control:
+    """The running control listener as the artifact records it."""
+
+    unit: str
+    url: str
+    started_in_s: float
+    props: dict[str, str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"unit": self.unit, "url": self.url, "started_in_s": round(self.started_in_s, 2),
+                "fragment_path": self.props.get("FragmentPath"), "exec_start": self.props.get("ExecStart"),
+                "main_pid": self.props.get("MainPID")}
+
+
+def unit_of(target: Target) -> str:
+    return str(target.vars.get("gateway_control_service", DEFAULT_UNIT))
+
+
+def url_of(target: Target) -> str:
+    url = target.vars.get("gateway_control_url")
+    if not url:
+        raise CheckFailure(f"inventory group {target.group}: no gateway_control_url (the control listener "
+                           "of check 6, deploy/litellm-gateway-control.service)")
+    return str(url).rstrip("/")
+
+
+def _wait_ready(session: SshSession, unit: str, url: str, deadline: float) -> None:
+    last = "no answer yet"
+    with httpx.Client(timeout=httpx.Timeout(3.0, connect=2.0), trust_env=False) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get(f"{url}/health/liveliness").status_code == 200:
+                    return
+                last = "liveliness not 200"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}"
+            active = session.run(f"systemctl is-active {shlex.quote(unit)}")
+            if active.stdout.strip() in ("failed", "inactive"):
+                journal = session.run(f"journalctl -u {shlex.quote(unit)} -n 3 --no-pager -o cat")
+                raise CheckFailure(one_line(f"control listener {unit} on {session.host.name} exited while "
+                                            f"starting: {journal.stdout.strip()[-300:]}"))
+            time.sleep(0.5)
+    raise CheckFailure(f"control listener {unit} at {url}: not answering within {START_TIMEOUT_S:g} s ({last})")
+
+
+@contextmanager
+def running(session: SshSession, target: Target) -> Iterator[Control]:
+    """Start the control listener, wait until it answers, yield it; always stop it afterwards."""
+    unit, url = unit_of(target), url_of(target)
+    props, _ = systemd.show(session, unit, PROPS)
+    if props.get("LoadState") == "not-found":
+        raise CheckFailure(f"control listener {unit} is not installed on {session.host.name} "
+                           "(install deploy/litellm-gateway-control.service, see POC-1/RUNBOOK.md)")
+    t0 = time.monotonic()
+    try:
+        started = session.run(f"systemctl start {shlex.quote(unit)}", timeout=30)
+        if not started.ok:
+            raise CheckFailure(one_line(f"systemctl start {unit} on {session.host.name}: "
+                                        f"{started.stderr.strip() or f'exit {started.rc}'}"))
+        _wait_ready(session, unit, url, t0 + START_TIMEOUT_S)
+        props, _ = systemd.show(session, unit, PROPS)
+        yield Control(unit, url, time.monotonic() - t0, props)
+    finally:
+        try:
+            session.run(f"systemctl stop {shlex.quote(unit)}", timeout=30)
+        except CheckFailure:
+            pass  # the check's own cause matters more; RuntimeMaxSec stops it anyway
