@@ -26,6 +26,7 @@ import yaml
 
 from acceptance.registry import CHECKS
 from evidence_writers.bundle import verify_bundle
+from tests.support.lab_unit import wait_gateway_answers
 from tests.support.acceptance_run import ROOT, SuiteRun, run_suite
 
 pytestmark = pytest.mark.lab
@@ -177,7 +178,44 @@ def _set_db_link(up: bool) -> None:
     lab.set_link("db", up=up)
 
 
+LOGGER_ON_GATEWAY = "/opt/litellm/gateway_logger.py"
+#: appended to the gateway's logger: it forgets every streamed call (a logger that only knows plain calls)
+DROP_STREAMS = """
+
+_poc1_fault_submit = GatewayLogger._submit
+
+
+def _poc1_fault_drop_streams(self, kwargs, failed):
+    if (kwargs.get("standard_logging_object") or {}).get("stream"):
+        return
+    _poc1_fault_submit(self, kwargs, failed)
+
+
+GatewayLogger._submit = _poc1_fault_drop_streams
+"""
+
+
+def _logger_drops_streams() -> None:
+    import lab
+    code = (ROOT / "gateway_logger.py").read_text() + DROP_STREAMS
+    lab.exec("gateway", f"cat > {LOGGER_ON_GATEWAY}", input=code)
+    lab.systemctl("gateway", "restart", "litellm-gateway", check=True, timeout=90)
+    wait_gateway_answers()
+
+
+def _logger_restored() -> None:
+    import lab
+    lab.exec("gateway", f"cat > {LOGGER_ON_GATEWAY}", input=(ROOT / "gateway_logger.py").read_text())
+    lab.systemctl("gateway", "restart", "litellm-gateway", check=True, timeout=90)
+    wait_gateway_answers()
+
+
 FAULTS = [
+    Fault("logger drops streamed calls",
+          fails={"db_rows": r"^stream call gw-[0-9a-f-]+: no row in requests after \d+ s",
+                 "join_check": r"^the stream call's request joins 0 responses, expected exactly 1"},
+          passes=("service_status", "gateway_db_connect", "chat_call"),
+          apply=_logger_drops_streams, undo=_logger_restored),
     Fault("gateway unit stopped",
           fails={"service_status": rf"litellm-gateway on gateway {GATEWAY} is (inactive|failed) \(dead\)",
                  "gateway_db_connect": rf"no session of litellm_user from the gateway {GATEWAY}",
