@@ -1,5 +1,6 @@
 """The evidence directory of one run: cleaned at start, every artifact recorded with its hash, and a
-manifest.json that describes exactly the files beside it.
+manifest.json that describes exactly the files beside it (plus the files made from it or after it:
+the completion summary, the report, JUnit XML, SHA256SUMS and the attestation, sealed by SHA256SUMS).
 
 Why the marker file: the directory is emptied at the start of a run, so the bundle only ever empties a
 directory it made itself (or an empty one), never a directory someone pointed it at by mistake.
@@ -14,11 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from evidence_writers.redaction import Redactor
-from evidence_writers.writers import Document, JsonWriter, Written, writer_for
+from evidence_writers.writers import Document, JsonWriter, TextWriter, Written, writer_for
 
 MANIFEST = "manifest.json"
+SUMMARY = "POC_COMPLETION_SUMMARY.md"
 MARKER = ".poc1-evidence"
 KEEP = {".gitkeep", MARKER}
+REPORT, JUNIT, BENCH_JSON, VALIDATION = "report.html", "junit.xml", "pytest_benchmark.json", "validation.json"
+SUMS, STATEMENT, UNSIGNED = "SHA256SUMS", "attestation.intoto.json", "attestation.UNSIGNED.txt"
+SIGNATURE = STATEMENT + ".sig"
+#: written after manifest.json (so not in its artifact list): by write_manifest, pytest-html, JUnit,
+#: tools/validate.py and evidence_writers/seal.py; every one of them is covered by SHA256SUMS
+AFTER_MANIFEST = {SUMMARY, REPORT, JUNIT, BENCH_JSON, VALIDATION, SUMS, STATEMENT, SIGNATURE, UNSIGNED}
 
 
 class EvidenceDirError(RuntimeError):
@@ -70,10 +78,12 @@ class EvidenceBundle:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if not name or "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST:
-            raise ValueError(f"artifact name must be a plain file name: {name!r}")
+        if (not name or "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST
+                or name in AFTER_MANIFEST):
+            raise ValueError(f"artifact name must be a plain file name the bundle does not reserve: {name!r}")
 
-    def write(self, name: str, kind: str, content: Any, *, check: str, outcome: str | None = None) -> ArtifactRecord:
+    def write(self, name: str, kind: str, content: Any, *, check: str,
+              outcome: str | None = None) -> ArtifactRecord:
         self._check_name(name)
         written = writer_for(kind, self.redactor).write(self.directory / name, content)
         return self._record(name, written, check, outcome)
@@ -88,8 +98,14 @@ class EvidenceBundle:
         return rec
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """manifest.json, then the completion summary rendered from the file as written (redacted, JSON
+        round-tripped), so that rendering the file again gives the same bytes."""
+        from evidence_writers import summary
+
         path = self.directory / MANIFEST
         JsonWriter(self.redactor).write(path, manifest)
+        written = json.loads(path.read_text(encoding="utf-8"))
+        TextWriter(self.redactor).write(self.directory / SUMMARY, summary.render(written))
         return path
 
 
@@ -120,6 +136,6 @@ def verify_bundle(directory: Path) -> list[str]:
         if sha256_file(p) != art["sha256"]:
             problems.append(f"{art['path']}: sha256 differs from manifest")
     for p in directory.iterdir():
-        if p.is_file() and p.name not in KEEP and p.name != MANIFEST and p.name not in listed:
+        if p.is_file() and p.name not in KEEP | AFTER_MANIFEST and p.name != MANIFEST and p.name not in listed:
             problems.append(f"{p.name}: present but not in the manifest")
     return problems

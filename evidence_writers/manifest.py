@@ -1,7 +1,9 @@
 """manifest.json: the contract later consumers (HTML report, scheduled runs, trend page) read.
 
 Keys: run_id, started, finished, target, hosts, verdict, checks, artifacts, versions, versions_digest
-(plus missing_checks and not_run: which checks had no implementation / were not run). Keep them.
+(plus missing_checks and not_run: which checks had no implementation / were not run; required_checks: the
+registry the verdict was judged against; waivers: the waiver file, applied and ignored entries). Keep them.
+The verdict is evidence_writers/verdict.py's rule, the only one.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from evidence_writers import verdict as rule
+from evidence_writers import waivers as waiver_file
 from evidence_writers.bundle import ArtifactRecord
 
 SCHEMA_VERSION = 1
@@ -42,23 +46,32 @@ def versions_digest(versions: dict[str, Any]) -> str:
 
 
 def verdict(checks: Sequence[CheckRecord], required: Iterable[str]) -> tuple[str, list[str]]:
-    """GO only if every required check ran and passed; returns (verdict, required checks that did not run).
-
-    ``required`` are the checks that have an implementation in this suite; checks of the registry that
-    have none yet are listed separately as missing_checks and do not block the verdict.
-    """
-    ran = {c.id: c for c in checks}
-    not_run = [cid for cid in required if cid not in ran]
-    ok = bool(ran) and not not_run and all(c.outcome == "passed" for c in checks)
-    return ("GO" if ok else "NO-GO"), not_run
+    """The one rule (evidence_writers/verdict.py) without waivers; returns (verdict, required checks that
+    did not run). ``required`` is every check the run had to pass (the manifest passes the registry)."""
+    decision = rule.decide({c.id: c.outcome for c in checks}, list(required))
+    return decision.verdict, list(decision.not_run)
 
 
 def build_manifest(
     *, run_id: str, started: str, finished: str, target: str, hosts: dict[str, str],
     checks: Sequence[CheckRecord], required: Sequence[str], missing: Sequence[str],
     artifacts: Iterable[ArtifactRecord], versions: dict[str, Any], extra: dict[str, Any] | None = None,
+    waivers: waiver_file.WaiverFile | None = None, titles: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    decision, not_run = verdict(checks, required)
+    """``required`` (implemented) and ``missing`` (not implemented) together are the registry: the verdict
+    needs every one of them passed (or a failure waived). ``waivers``: None = the configured file
+    (``POC1_WAIVERS``, else POC-1/waivers.yml), so every run, however started, applies the same waivers.
+    ``titles`` names checks that did not run (default: the registry's titles)."""
+    from acceptance import registry
+
+    registered = sorted(dict.fromkeys([*required, *missing]), key=lambda c: registry.ORDER.get(c, 99))
+    if waivers is None:
+        waivers = waiver_file.load(waiver_file.configured_path())
+    outcomes = {c.id: c.outcome for c in checks}
+    waived = waiver_file.manifest_section(waivers, outcomes, registered, started)
+    decision = rule.decide(outcomes, registered, [w["check"] for w in waived["applied"]])
+    not_run = [cid for cid in required if cid not in outcomes]
+    names = {**{c.id: c.title for c in registry.CHECKS}, **(titles or {}), **{c.id: c.title for c in checks}}
     manifest: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "run_id": run_id,
@@ -66,12 +79,13 @@ def build_manifest(
         "finished": finished,
         "target": target,
         "hosts": dict(hosts),
-        "verdict": decision,
-        "verdict_basis": (f"{sum(c.outcome == 'passed' for c in checks)} of {len(required)} implemented "
-                          f"checks passed" + (f"; not implemented: {', '.join(missing)}" if missing else "")
-                          + (f"; not run: {', '.join(not_run)}" if not_run else "")),
+        "verdict": decision.verdict,
+        "verdict_basis": decision.basis + (f"; not implemented: {', '.join(missing)}" if missing else ""),
+        "verdict_rule": rule.RULE,
+        "required_checks": [{"id": cid, "title": names.get(cid, cid)} for cid in registered],
         "missing_checks": list(missing),
         "not_run": not_run,
+        "waivers": waived,
         "checks": [c.as_dict() for c in checks],
         "artifacts": [a.as_dict() for a in artifacts],
         "versions": versions,
@@ -80,3 +94,4 @@ def build_manifest(
     if extra:
         manifest.update(extra)
     return manifest
+

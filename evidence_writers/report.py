@@ -1,11 +1,11 @@
 """The sign-off report: pytest-html hooks that open report.html with what a signer reads first.
 
 Top of the page, in this order: the verdict and every check of acceptance/registry.py (the closeout
-pack's five, the overhead check, and any added after them: PASS/FAIL, one-line cause, links into
-the bundle), the overhead figures and histogram (inline, so the one file can be mailed), the sign-off
-block, then pytest-html's environment table (target, hosts, versions lock, run id, git commit, and any
-rows a check puts in its manifest details under ``environment``, e.g. the logger's pool reuse) and its
-per-test table. Everything comes from the run's manifest (acceptance/plugin.py) and check 6's
+pack's five, the overhead check, and any added after them: PASS/FAIL/WAIVED, one-line cause, links into
+the bundle), the waivers (applied, and ignored with the reason), the overhead figures and histogram
+(inline, so the one file can be mailed), the sign-off block, then pytest-html's environment table
+(target, hosts, versions lock, run id, git commit, and any rows a check puts in its manifest details
+under ``environment``, e.g. the logger's pool reuse) and its per-test table. Everything comes from the run's manifest (acceptance/plugin.py) and check 6's
 overhead_benchmark.json, so the report cannot say anything the bundle does not.
 
 Active only when pytest-html writes a report for an acceptance run (``--html``); inert otherwise.
@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import pytest
 
 from acceptance import registry
+from evidence_writers import verdict as rule
 
 REPORT_TITLE = "POC-1 sign-off: LiteLLM Gateway + SQLAlchemy logging"
 OVERHEAD_JSON = "overhead_benchmark.json"
@@ -48,6 +49,7 @@ body > footer { order: 4; }
 .poc1 .FAIL, .poc1 .NOT-RUN, .poc1 .SKIPPED { color: #fff; background: #c62828; font-weight: bold; }
 .poc1 .verdict { font-size: 22px; font-weight: bold; padding: 6px 14px; display: inline-block; color: #fff; }
 .poc1 .verdict.GO { background: #2e7d32; }
+.poc1 .verdict.GO-with-waivers, .poc1 .WAIVED { color: #fff; background: #b26a00; font-weight: bold; }
 .poc1 .verdict.NO-GO { background: #c62828; }
 .poc1 img.histogram { max-width: 100%; border: 1px solid #ddd; }
 .poc1 td.num { text-align: right; font-family: monospace; }
@@ -64,11 +66,15 @@ class Row:
     shown: str
     cause: str | None
     artifacts: tuple[str, ...]
+    outcome: str | None = None  # as recorded; None = the check did not run
+    waived: bool = False
 
 
 def check_rows(manifest: dict[str, Any]) -> list[Row]:
-    """Every check of the registry, in order, each with its outcome in this run (NOT RUN if absent)."""
+    """Every check of the registry, in order, each with its outcome in this run (NOT RUN if absent;
+    WAIVED for a failure the one verdict rule excuses with an applied waiver)."""
     recorded = {c["id"]: c for c in manifest.get("checks", [])}
+    waived = set(rule.decide_manifest(manifest).waived)
     by_check: dict[str, list[str]] = {}
     for art in manifest.get("artifacts", []):
         by_check.setdefault(art.get("check"), []).append(art["path"])
@@ -79,14 +85,37 @@ def check_rows(manifest: dict[str, Any]) -> list[Row]:
         arts = list(rec.get("artifacts", [])) if rec else []
         arts += [a for a in by_check.get(spec.id, []) if a not in arts]
         cause = rec.get("cause") if rec else "the check did not run"
-        rows.append(Row(spec.id, rec.get("title", spec.title) if rec else spec.title,
-                        SHOWN.get(outcome, "FAIL"), cause, tuple(arts)))
+        shown = "WAIVED" if spec.id in waived else SHOWN.get(outcome, "FAIL")
+        rows.append(Row(spec.id, rec.get("title", spec.title) if rec else spec.title, shown, cause,
+                        tuple(arts), outcome, spec.id in waived))
     return rows
 
 
 def verdict(rows: Sequence[Row]) -> str:
-    """GO only when every check of the registry passed."""
-    return "GO" if rows and all(r.shown == "PASS" for r in rows) else "NO-GO"
+    """The one verdict rule (evidence_writers/verdict.py) over the rows: every registered check."""
+    outcomes = {r.id: r.outcome for r in rows if r.outcome is not None}
+    return rule.decide(outcomes, [r.id for r in rows], [r.id for r in rows if r.waived]).verdict
+
+
+def css_class(decision: str) -> str:
+    return decision.replace(" ", "-")
+
+
+def waivers_html(manifest: dict[str, Any]) -> str:
+    """Each applied waiver (who, until when, why) and each ignored one with its reason."""
+    section = manifest.get("waivers") or {}
+    applied, ignored = section.get("applied") or [], section.get("ignored") or []
+    if not applied and not ignored:
+        return '<p id="poc1-waivers-none">No waiver applied.</p>'
+    rows = "".join(
+        f'<tr data-check="{escape(w["check"])}" class="applied"><td><code>{escape(w["check"])}</code></td>'
+        f'<td class="outcome WAIVED">WAIVED</td><td>{escape(w["justification"])}</td>'
+        f'<td>{escape(w["approved_by"])}</td><td>{escape(w["expires"])}</td></tr>' for w in applied)
+    rows += "".join(
+        f'<tr data-check="{escape(str(i.get("check")))}" class="ignored"><td><code>{escape(str(i.get("check")))}'
+        f'</code></td><td>ignored</td><td colspan="3">{escape(str(i.get("reason")))}</td></tr>' for i in ignored)
+    return ('<table id="poc1-waivers"><thead><tr><th>check</th><th>waiver</th><th>justification</th>'
+            f"<th>approved by</th><th>expires</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def signer() -> str:
@@ -106,9 +135,9 @@ def summary_html(rows: Sequence[Row], bundle: Path, report_dir: Path) -> str:
         links = " ".join(_link(a, bundle, report_dir) for a in r.artifacts) or "&mdash;"
         cause = escape(r.cause) if r.cause and r.shown != "PASS" else ""
         body.append(
-            f'<tr data-check="{escape(r.id)}"><td>{n}</td><td>{escape(r.title)}<br><code>{escape(r.id)}</code></td>'
-            f'<td class="outcome {r.shown.replace(" ", "-")}">{r.shown}</td><td class="cause">{cause}</td>'
-            f"<td>{links}</td></tr>")
+            f'<tr data-check="{escape(r.id)}"><td>{n}</td><td>{escape(r.title)}<br>'
+            f'<code>{escape(r.id)}</code></td><td class="outcome {r.shown.replace(" ", "-")}">{r.shown}</td>'
+            f'<td class="cause">{cause}</td><td>{links}</td></tr>')
     return ('<table id="poc1-checks"><thead><tr><th>#</th><th>check</th><th>result</th><th>cause</th>'
             "<th>artifacts</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
 
@@ -193,8 +222,8 @@ def overhead_html(doc: dict[str, Any] | None, png: bytes | None) -> str:
 def signoff_html(manifest: dict[str, Any], decision: str, who: str, when: str) -> str:
     commit = ((manifest.get("versions") or {}).get("suite") or {})
     rev = commit.get("commit", "unknown") + (" (uncommitted changes)" if commit.get("dirty") else "")
-    facts = [("verdict", f'<span class="verdict {decision}">{decision}</span>'),
-             ("rule", f"GO only when all {len(registry.CHECKS)} checks passed"),
+    facts = [("verdict", f'<span class="verdict {css_class(decision)}">{decision}</span>'),
+             ("rule", escape(f"{rule.RULE} ({len(registry.CHECKS)} registered checks)")),
              ("date", escape(when)), ("run by", escape(who)), ("run id", escape(str(manifest.get("run_id")))),
              ("target", escape(str(manifest.get("target")))), ("git commit", escape(rev))]
     return '<table id="poc1-signoff"><tbody>' + "".join(
@@ -247,7 +276,7 @@ def environment(manifest: dict[str, Any]) -> dict[str, Any]:
 def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str, when: str) -> str:
     """The whole block that opens the report."""
     rows = check_rows(manifest)
-    decision = verdict(rows)
+    decision = rule.decide_manifest(manifest).verdict
     doc = None
     try:
         doc = json.loads((bundle / OVERHEAD_JSON).read_text(encoding="utf-8"))
@@ -255,8 +284,9 @@ def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str
         pass
     png = (bundle / OVERHEAD_PNG).read_bytes() if (bundle / OVERHEAD_PNG).is_file() else None
     return (f'<style>{CSS}</style><div class="poc1" id="poc1-summary">'
-            f'<h2>Verdict: <span class="verdict {decision}" id="poc1-verdict">{decision}</span></h2>'
+            f'<h2>Verdict: <span class="verdict {css_class(decision)}" id="poc1-verdict">{decision}</span></h2>'
             f"<h3>Validation checks</h3>{summary_html(rows, bundle, report_dir)}"
+            f"<h3>Waivers</h3>{waivers_html(manifest)}"
             f"<h3>DB-logging overhead (check 6)</h3>{overhead_html(doc, png)}"
             f"<h3>Sign-off</h3>{signoff_html(manifest, decision, who, when)}</div>")
 

@@ -222,9 +222,17 @@ def test_manifest_keeps_the_contract_keys() -> None:
     for key in ("run_id", "started", "finished", "target", "hosts", "verdict", "checks", "artifacts",
                 "versions", "versions_digest"):
         assert key in m
-    assert m["verdict"] == "GO" and m["missing_checks"] == ["overhead"]
+    # the one verdict rule (evidence_writers/verdict.py): a registered check with no implementation was
+    # not measured, so it blocks GO like a check that did not run
+    assert m["verdict"] == "NO-GO" and m["missing_checks"] == ["overhead"]
+    assert "not run: overhead" in m["verdict_basis"] and "not implemented: overhead" in m["verdict_basis"]
+    assert [c["id"] for c in m["required_checks"]] == ["service_status", "overhead"]
     assert set(m["checks"][0]) == {"id", "title", "outcome", "cause", "artifacts", "duration_s"}
     assert versions_digest({"a": 1, "b": 2}) == m["versions_digest"] != versions_digest({"a": 1, "b": 3})
+    complete = build_manifest(run_id="r", started="s", finished="f", target="local", hosts={},
+                              checks=_checks(service_status="passed"), required=["service_status"], missing=[],
+                              artifacts=[], versions={})
+    assert complete["verdict"] == "GO" and complete["verdict_basis"] == "1 of 1 registered checks passed"
 
 
 def test_text_writer_appends_newline(redactor: Redactor, tmp_path: Path) -> None:
