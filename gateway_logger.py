@@ -47,6 +47,7 @@ Journal lines (stderr, own handler, survive LiteLLM reconfiguring logging):
 from __future__ import annotations
 
 import atexit
+import base64
 import bisect
 import fcntl
 import hashlib
@@ -60,6 +61,7 @@ import queue
 import secrets
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -441,10 +443,30 @@ def _api_key_marker(captured: Mapping[str, Any], status: int) -> str:
     return str(key_hash)
 
 
+#: LiteLLM's flag on a chat stream whose client asked for no usage: LiteLLM then asks the provider itself
+#: (sets ``stream_options.include_usage``) and strips the usage chunk from what the client gets
+STRIP_USAGE_KEY = "_litellm_strip_stream_usage"
+
+
+def client_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as the client sent it: without LiteLLM's own keys, and without the usage request LiteLLM
+    added to it (the log must not say the client asked for usage it never got). A client's explicit
+    ``include_usage: false`` is not told apart from its absence."""
+    out = {k: v for k, v in body.items() if k not in INJECTED_BODY_KEYS}
+    options = out.get("stream_options")
+    if out.pop(STRIP_USAGE_KEY, None) is True and isinstance(options, Mapping):
+        options = {k: v for k, v in options.items() if k != "include_usage"}
+        if options:
+            out["stream_options"] = options
+        else:
+            del out["stream_options"]
+    return out
+
+
 def _payload(captured: Mapping[str, Any]) -> Any:
     body = captured.get("body")
     if isinstance(body, Mapping):
-        return jsonable({k: v for k, v in body.items() if k not in INJECTED_BODY_KEYS})
+        return jsonable(client_body(body))
     slo = captured.get("slo") or {}  # auth failures come without the body: rebuild it from the payload
     rebuilt: dict[str, Any] = {"model": slo.get("model_group") or captured.get("model") or slo.get("model")}
     if slo.get("messages") is not None:
@@ -453,10 +475,42 @@ def _payload(captured: Mapping[str, Any]) -> Any:
     return jsonable(rebuilt)
 
 
+def _float32_bytes(vector: Any) -> bytes | None:
+    """An embedding as little-endian float32 bytes, from a float list or its base64 form."""
+    try:
+        if isinstance(vector, str):
+            raw = base64.b64decode(vector, validate=True)
+            return raw if len(raw) % 4 == 0 else None
+        if isinstance(vector, list) and all(isinstance(v, (int, float)) for v in vector):
+            return struct.pack(f"<{len(vector)}f", *vector)
+    except (ValueError, OverflowError, struct.error):
+        pass
+    return None
+
+
+def summarize_embeddings(response: Any) -> Any:
+    """An embedding answer without its vectors: each becomes its ``dimensions`` and ``float32_sha256``
+    (sha256 of the vector as little-endian float32: the same for a float list and its base64 form).
+    Whole vectors are kilobytes per input (1536 floats at OpenAI) and thousands of inputs per call: too
+    big for every row and for the spool; the digest still tells which vector the client got."""
+    data = response.get("data") if isinstance(response, Mapping) else None
+    if not isinstance(data, list) or response.get("object") != "list":
+        return response
+    items = []
+    for item in data:
+        raw = _float32_bytes(item.get("embedding")) if isinstance(item, Mapping) else None
+        if raw is None:
+            items.append(item)
+            continue
+        items.append({**{k: v for k, v in item.items() if k != "embedding"}, "dimensions": len(raw) // 4,
+                      "float32_sha256": hashlib.sha256(raw).hexdigest()})
+    return {**response, "data": items}
+
+
 def _content(captured: Mapping[str, Any]) -> Any:
     slo = captured.get("slo") or {}
     if not captured.get("failed"):
-        doc = jsonable(slo.get("response"))
+        doc = jsonable(summarize_embeddings(slo.get("response")))
     else:
         info = slo.get("error_information") or {}
         exc = captured.get("exception")
@@ -537,16 +591,63 @@ def normalize(captured: Mapping[str, Any]) -> dict[str, Any]:
         "end_time": end if end is not None else captured.get("received"),
     })
     req["payload"] = _payload(captured)
+    tokens = {name: _int(slo.get(name)) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    cost = slo.get("response_cost")
+    if not tokens["total_tokens"] and (counted := count_stream_usage(captured)) is not None:
+        tokens, cost = counted
     resp = _scalars({
         "latency_ms": _int(round((end - start) * 1000)) if start is not None and end is not None else None,
-        "prompt_tokens": _int(slo.get("prompt_tokens")),
-        "completion_tokens": _int(slo.get("completion_tokens")),
-        "total_tokens": _int(slo.get("total_tokens")),
-        "cost": _cost(slo.get("response_cost")),
+        **tokens,
+        "cost": _cost(cost),
         "response_model": response.get("model") or slo.get("model"),
     })
     resp["content"] = _content(captured)
     return {"request": _truncate(req, "request"), "response": _truncate(resp, "response")}
+
+
+def _answer_text(response: Any) -> str:
+    """The text of an answer's choices (a chat message's content or a completion's text)."""
+    choices = response.get("choices") if isinstance(response, Mapping) else None
+    texts = []
+    for choice in choices if isinstance(choices, list) else []:
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        text = message.get("content") if isinstance(message, Mapping) else None
+        text = choice.get("text") if text is None and isinstance(choice, Mapping) else text
+        texts.append(text if isinstance(text, str) else "")
+    return "".join(texts)
+
+
+def count_stream_usage(captured: Mapping[str, Any]) -> tuple[dict[str, int], float | None] | None:
+    """Tokens and cost of a finished stream that LiteLLM reports as zero tokens: a text-completion stream
+    whose client asked for no usage (LiteLLM asks the provider only for chat streams, and does not count
+    these). Counted with LiteLLM's tokenizer, as LiteLLM counts a chat stream cut short; None if not such
+    a stream, or LiteLLM (already loaded in the gateway; never imported here) is not there."""
+    slo = captured.get("slo") or {}
+    body = captured.get("body") if isinstance(captured.get("body"), Mapping) else {}
+    litellm = sys.modules.get("litellm")
+    streamed = slo.get("stream") is True or body.get("stream") is True
+    if captured.get("failed") or litellm is None or not streamed:
+        return None
+    model = str(slo.get("model") or body.get("model") or "")
+    prompt = body.get("prompt")
+    try:
+        if isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)):
+            prompt_tokens = int(litellm.token_counter(model=model, text=prompt))
+        elif isinstance(body.get("messages"), list):
+            prompt_tokens = int(litellm.token_counter(model=model, messages=body["messages"]))
+        else:
+            return None
+        completion_tokens = int(litellm.token_counter(model=model, text=_answer_text(slo.get("response")),
+                                                      count_response_tokens=True))
+    except Exception:
+        return None
+    try:
+        cost: float | None = sum(litellm.cost_per_token(model=model, prompt_tokens=prompt_tokens,
+                                                        completion_tokens=completion_tokens))
+    except Exception:  # a model without a price: tokens, but no cost
+        cost = None
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}, cost
 
 
 def storable_call_id(call_id: str) -> str:

@@ -6,7 +6,10 @@ at start names the database with the password masked. Plus writer-level checks o
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +20,8 @@ from sqlalchemy import String, cast, func, or_, select
 
 import db_init
 import gateway_logger
-from tests.support.gateway import FAIL_ONCE, Gateway, litellm_call, logged_rows, wait_for_rows
+from tests.support.gateway import (FAIL_ONCE, MODEL, Gateway, litellm_call, logged_rows, rows_with_marker,
+                                   wait_for_rows)
 from tests.support.pgserver import PgServer
 
 
@@ -47,22 +51,6 @@ def _marker() -> str:
     return f"marker-{uuid.uuid4().hex}"
 
 
-def _rows_with_marker(db_url: str, marker: str, timeout: float = 5.0) -> list[dict]:
-    """Rows whose payload mentions ``marker`` (for answers that carry no x-litellm-call-id)."""
-    engine = db_init.make_engine(db_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            with engine.connect() as conn:
-                ids = conn.execute(select(db_init.Request.request_id).where(
-                    cast(db_init.Request.payload, String).contains(marker))).scalars().all()
-            if ids or time.monotonic() > deadline:
-                return list(wait_for_rows(db_url, list(ids), timeout).values())
-            time.sleep(0.1)
-    finally:
-        engine.dispose()
-
-
 def test_success_is_logged_within_2s_under_the_call_id(gateway: Gateway, log_db: str,
                                                        client: httpx.Client) -> None:
     marker = _marker()
@@ -88,7 +76,8 @@ def test_success_is_logged_within_2s_under_the_call_id(gateway: Gateway, log_db:
     assert resp["total_tokens"] > 0
     assert float(resp["cost"]) > 0
     assert resp["response_model"] == "gpt-4o-mini"
-    assert resp["content"]["choices"][0]["message"]["content"] == answer.json()["choices"][0]["message"]["content"]
+    answer_text = answer.json()["choices"][0]["message"]["content"]
+    assert resp["content"]["choices"][0]["message"]["content"] == answer_text
     assert 0 <= resp["latency_ms"] < 10_000
 
 
@@ -96,7 +85,7 @@ def test_no_key_401_is_logged(gateway: Gateway, log_db: str, client: httpx.Clien
     marker = _marker()
     answer = gateway.chat(client, marker, key=None)
     assert answer.status_code == 401
-    rows = _rows_with_marker(log_db, marker)
+    rows = rows_with_marker(log_db, marker)
     assert len(rows) == 1, "the 401 was not logged exactly once"
     assert rows[0]["status_code"] == 401
     assert rows[0]["api_key"] == gateway_logger.NO_KEY
@@ -118,7 +107,7 @@ def test_random_key_is_marked_not_hashed(gateway: Gateway, log_db: str, client: 
     marker = _marker()
     answer = gateway.chat(client, marker, key="sk-" + uuid.uuid4().hex)
     assert answer.status_code in (400, 401)
-    rows = _rows_with_marker(log_db, marker)
+    rows = rows_with_marker(log_db, marker)
     assert [r["status_code"] for r in rows] == [answer.status_code]
     assert rows[0]["api_key"] == gateway_logger.INVALID_KEY
 
@@ -155,7 +144,8 @@ def test_no_secret_lands_in_the_database_or_the_journal(gateway: Gateway, log_db
             n_rows = conn.execute(select(func.count()).select_from(db_init.Request)).scalar_one()
             assert n_rows > 0
             for secret in secrets:
-                hits = conn.execute(select(func.count()).select_from(db_init.Request).join(db_init.Response).where(or_(
+                joined = select(func.count()).select_from(db_init.Request).join(db_init.Response)
+                hits = conn.execute(joined.where(or_(
                     cast(db_init.Request.payload, String).contains(secret),
                     cast(db_init.Response.content, String).contains(secret),
                     db_init.Request.api_key.contains(secret)))).scalar_one()
@@ -167,7 +157,8 @@ def test_no_secret_lands_in_the_database_or_the_journal(gateway: Gateway, log_db
         assert secret not in journal
 
 
-def test_start_line_names_the_database_with_password_masked(gateway: Gateway, log_db: str, pg: PgServer) -> None:
+def test_start_line_names_the_database_with_password_masked(gateway: Gateway, log_db: str,
+                                                            pg: PgServer) -> None:
     line = gateway.wait_for_log("gateway_logger: database connection established:")
     assert db_init.mask_url(log_db) in line
     assert f"server=PostgreSQL {pg.psql('SHOW server_version').split()[0]}" in line
@@ -311,6 +302,33 @@ def test_normalized_record_carries_no_upstream_key_and_fits_the_columns() -> Non
     assert record["request"]["payload"]["messages"][0]["content"] == "x\ufffd"
 
 
+def test_payload_is_the_body_the_client_sent() -> None:
+    """LiteLLM adds include_usage and its strip flag to a chat stream that asked for no usage."""
+    injected = {"model": MODEL, "stream": True, "_litellm_strip_stream_usage": True,
+                "stream_options": {"include_usage": True}, "metadata": {}}
+    assert gateway_logger.client_body(injected) == {"model": MODEL, "stream": True}
+    more = {**injected, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    assert gateway_logger.client_body(more)["stream_options"] == {"continuous_usage_stats": True}
+    asked = {**injected, "_litellm_strip_stream_usage": False}  # the client's own include_usage stays
+    assert gateway_logger.client_body(asked)["stream_options"] == {"include_usage": True}
+
+
+def test_embedding_vectors_are_summarized_not_stored() -> None:
+    vector = [0.5, -0.25]
+    raw = struct.pack("<2f", *vector)
+    answer = {"object": "list", "model": "m", "data": [
+        {"object": "embedding", "index": 0, "embedding": vector},
+        {"object": "embedding", "index": 1, "embedding": base64.b64encode(raw).decode()},
+        {"object": "embedding", "index": 2, "embedding": "not base64!"}]}
+    digest = hashlib.sha256(raw).hexdigest()
+    data = gateway_logger.summarize_embeddings(answer)["data"]
+    assert data[:2] == [{"object": "embedding", "index": i, "dimensions": 2, "float32_sha256": digest}
+                        for i in (0, 1)]  # the same digest for a float list and its base64 form
+    assert data[2] == answer["data"][2]  # not a vector it can read: kept as it came
+    chat = {"object": "chat.completion", "choices": []}
+    assert gateway_logger.summarize_embeddings(chat) is chat
+
+
 @pytest.mark.parametrize(("exc", "error_code", "key_hash", "expected"), [
     (None, "", "h", 200),
     (type("E", (Exception,), {"status_code": 429})(), "", "h", 429),
@@ -321,12 +339,14 @@ def test_normalized_record_carries_no_upstream_key_and_fits_the_columns() -> Non
 ])
 def test_status_code_follows_litellm(exc, error_code, key_hash, expected) -> None:
     captured = {"failed": exc is not None, "exception": exc,
-                "slo": {"error_information": {"error_code": error_code}, "metadata": {"user_api_key_hash": key_hash}}}
+                "slo": {"error_information": {"error_code": error_code},
+                        "metadata": {"user_api_key_hash": key_hash}}}
     assert gateway_logger.status_of(captured) == expected
 
 
 def test_malformed_setting_keeps_default_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    settings = gateway_logger.Settings.from_env({"POC1_LOGGER_QUEUE_MAX": "lots", "POC1_LOGGER_BATCH_MAX": "7",
+    settings = gateway_logger.Settings.from_env({"POC1_LOGGER_QUEUE_MAX": "lots",
+                                                 "POC1_LOGGER_BATCH_MAX": "7",
                                                  "POC1_LOGGER_METRICS_PORT": ""})
     assert settings.queue_max == gateway_logger.Settings().queue_max and settings.batch_max == 7
     assert settings.metrics_port is None

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 
 from tests.support.pgserver import free_port
 
@@ -66,6 +68,26 @@ standin["main"]()
 
 class GatewayStartError(RuntimeError):
     pass
+
+
+def config_copy(directory: Path, models: Mapping[str, Mapping[str, object]],
+                router_settings: Mapping[str, object] | None = None) -> Path:
+    """config.yaml plus test-only model groups, in ``directory`` beside a link to gateway_logger.py.
+
+    Each group in ``models`` is a copy of the chat model's deployment with those ``litellm_params``
+    changed (e.g. ``rpm`` or ``timeout``). The link keeps the production load path: LiteLLM takes the
+    callback from beside its config file."""
+    config = yaml.safe_load(CONFIG.read_text())
+    chat = next(m for m in config["model_list"] if m["model_name"] == MODEL)
+    config["model_list"] += [{"model_name": name, "litellm_params": {**chat["litellm_params"], **params}}
+                             for name, params in models.items()]
+    if router_settings:
+        config["router_settings"] = dict(router_settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "gateway_logger.py").symlink_to(ROOT / "gateway_logger.py")
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -165,8 +187,8 @@ class Gateway:
             self.start_standin()
             with open(self.log_path, "ab") as log:
                 self.proxy = subprocess.Popen(
-                    [litellm_cli, "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port),
-                     "--num_workers", "1"],
+                    [litellm_cli, "--config", str(self.config), "--host", "127.0.0.1",
+                     "--port", str(self.port), "--num_workers", "1"],
                     cwd=ROOT, env=self.proxy_env(), stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)
             _wait_http(f"{self.url}/health/liveliness", self.proxy, timeout)
@@ -225,7 +247,8 @@ def logged_rows(db_url: str, request_ids: list[str]) -> dict[str, dict]:
                     found[req["request_id"]] = dict(req, responses=[])
             if found:
                 by_pk = {v["id"]: v for v in found.values()}
-                query = select(db_init.Response.__table__).where(db_init.Response.request_id_fk.in_(list(by_pk)))
+                query = select(db_init.Response.__table__).where(
+                    db_init.Response.request_id_fk.in_(list(by_pk)))
                 for resp in conn.execute(query).mappings():
                     by_pk[resp["request_id_fk"]]["responses"].append(dict(resp))
             return found
@@ -242,6 +265,42 @@ def wait_for_rows(db_url: str, request_ids: list[str], timeout: float) -> dict[s
         if complete or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
+
+
+def rows_with_marker(db_url: str, marker: str, timeout: float = 5.0) -> list[dict]:
+    """Rows whose payload mentions ``marker``: for answers without ``x-poc1-request-id`` (a request LiteLLM
+    refuses before any hook runs, e.g. one without a key)."""
+    from sqlalchemy import String, cast, select
+
+    import db_init
+
+    engine = db_init.make_engine(db_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                ids = conn.execute(select(db_init.Request.request_id).where(
+                    cast(db_init.Request.payload, String).contains(marker))).scalars().all()
+            if ids or time.monotonic() > deadline:
+                return list(wait_for_rows(db_url, list(ids), timeout).values())
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+def request_ids_of_call(db_url: str, call_id: str) -> list[str]:
+    """The request_id of every requests row logged under LiteLLM's call id ``call_id``, oldest first."""
+    from sqlalchemy import select
+
+    import db_init
+
+    engine = db_init.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(db_init.Request.request_id).where(
+                db_init.Request.call_id == call_id).order_by(db_init.Request.id)).scalars())
+    finally:
+        engine.dispose()
 
 
 def litellm_call(call_id: str, content: str = "hello", *, failed: bool = False, status: int | None = None,
@@ -261,7 +320,8 @@ def litellm_call(call_id: str, content: str = "hello", *, failed: bool = False, 
                      "user_api_key_user_id": "default_user_id"},
         "prompt_tokens": 0 if failed else 2, "completion_tokens": 0 if failed else 9,
         "total_tokens": 0 if failed else 11, "response_cost": 0.0 if failed else 5.7e-06,
-        "response": {} if failed else {"model": MODEL, "choices": [{"message": {"content": "hi " + content}}]},
+        "response": {} if failed else {"model": MODEL,
+                                       "choices": [{"message": {"content": "hi " + content}}]},
         "error_str": "upstream failed" if failed else None,
         "error_information": {"error_code": str(status or ""), "error_class": "X" if failed else ""},
     }
