@@ -64,7 +64,8 @@ def writers() -> Iterator[Callable[..., gateway_logger.Writer]]:
 
 
 def _ids(n: int) -> list[str]:
-    return [f"t-{uuid.uuid4()}" for _ in range(n)]
+    """Request ids as the logger's pre-call hook issues them (rows are keyed by them)."""
+    return [gateway_logger.new_request_id() for _ in range(n)]
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -93,7 +94,7 @@ def test_queue_overflows_to_spool_and_is_replayed(own_pg: PgServer, log_db: str,
         assert _wait(lambda: "database connection lost" in capfd.readouterr().err, 15)
         ids = _ids(60)
         for i in ids:
-            w.submit(gateway_logger.capture(litellm_call(i), failed=False))
+            w.submit(gateway_logger.capture(litellm_call(i, request_id=i), failed=False))
         snap = w.stats.snapshot()
         assert snap["rows_dropped"] == 0
         assert snap["rows_spooled"] >= 60 - 5 - 5  # queue max + batch in flight stay in memory
@@ -117,7 +118,7 @@ def test_rows_past_the_bound_are_dropped_counted_and_said(own_pg: PgServer, log_
         assert _wait(lambda: "database connection lost" in capfd.readouterr().err, 15)
         ids = _ids(40)
         for i in ids:
-            w.submit(gateway_logger.capture(litellm_call(i), failed=False))
+            w.submit(gateway_logger.capture(litellm_call(i, request_id=i), failed=False))
         snap = w.stats.snapshot()
         assert snap["rows_spooled"] == 10
         kept = snap["queue_depth"] + snap["in_flight"] + snap["rows_spooled"]
@@ -132,13 +133,13 @@ def test_rows_past_the_bound_are_dropped_counted_and_said(own_pg: PgServer, log_
 def test_bad_row_does_not_take_its_batch_down(log_db: str, tmp_path: Path, writers) -> None:
     w = writers(log_db, tmp_path, queue_max=100, batch_max=10, flush_interval_ms=1000)
     ids = _ids(10)
-    bad = gateway_logger.normalize(gateway_logger.capture(litellm_call(ids[3]), failed=False))
+    bad = gateway_logger.normalize(gateway_logger.capture(litellm_call(ids[3], request_id=ids[3]), failed=False))
     bad["response"]["latency_ms"] = 2**40  # integer out of range: the server rejects this row only
     for n, i in enumerate(ids):
         if n == 3:
             w.submit(bad, normalized=True)
         else:
-            w.submit(gateway_logger.capture(litellm_call(i, "nul\x00" if n == 5 else "fine"), failed=False))
+            w.submit(gateway_logger.capture(litellm_call(i, "nul\x00" if n == 5 else "fine", request_id=i), failed=False))
     assert w.flush(15)
     rows = logged_rows(log_db, ids)
     assert sorted(rows) == sorted(ids)
@@ -152,7 +153,7 @@ def test_bad_row_does_not_take_its_batch_down(log_db: str, tmp_path: Path, write
 def test_replay_does_not_duplicate(log_db: str, tmp_path: Path, writers) -> None:
     w = writers(log_db, tmp_path, queue_max=100, batch_max=50)
     ids = _ids(20)
-    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i), failed=False)) for i in ids]
+    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i, request_id=i), failed=False)) for i in ids]
     for r in records + records:
         w.submit(r, normalized=True)
     assert w.flush(15)
@@ -165,7 +166,7 @@ def test_stop_flushes_what_was_queued(log_db: str, tmp_path: Path, writers) -> N
     w = writers(log_db, tmp_path, queue_max=1000, batch_max=100, flush_interval_ms=2000)
     ids = _ids(300)
     for i in ids:
-        w.submit(gateway_logger.capture(litellm_call(i), failed=False))
+        w.submit(gateway_logger.capture(litellm_call(i, request_id=i), failed=False))
     w.stop()
     assert len(logged_rows(log_db, ids)) == 300
     assert _spooled_ids(tmp_path) == []
@@ -311,12 +312,12 @@ def test_torn_spool_line_is_dropped_and_the_rest_replayed(log_db: str, tmp_path:
                                                           capfd: pytest.CaptureFixture[str]) -> None:
     """A crash can leave a half-written last line; the segment's other rows must still arrive."""
     ids = _ids(3)
-    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i), failed=False)) for i in ids]
+    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i, request_id=i), failed=False)) for i in ids]
     lines = [json.dumps(r) for r in records] + ['{"request": {"request_id": "torn']
     (tmp_path / f"spool-{gateway_logger.spool_tag(log_db)}-1-1-1.jsonl").write_text("\n".join(lines))
     foreign_id = _ids(1)[0]  # a spool meant for another database stays where it is
     foreign = tmp_path / f"spool-{gateway_logger.spool_tag(log_db + '_other')}-1-1-1.jsonl"
-    foreign.write_text(json.dumps(gateway_logger.normalize(gateway_logger.capture(litellm_call(foreign_id), False))))
+    foreign.write_text(json.dumps(gateway_logger.normalize(gateway_logger.capture(litellm_call(foreign_id, request_id=foreign_id), False))))
     w = writers(log_db, tmp_path)
     assert w.flush(15), w.stats.snapshot()
     assert sorted(logged_rows(log_db, ids + [foreign_id])) == sorted(ids)
@@ -339,7 +340,7 @@ def test_spool_tag_names_the_database_not_the_connection_options() -> None:
 def test_spool_written_before_a_tls_switch_is_replayed_after_it(log_db: str, tmp_path: Path, writers) -> None:
     """The lab's TLS toggle changes only the URL's sslmode: rows spooled under the old URL must arrive."""
     ids = _ids(3)
-    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i), failed=False)) for i in ids]
+    records = [gateway_logger.normalize(gateway_logger.capture(litellm_call(i, request_id=i), failed=False)) for i in ids]
     before = gateway_logger.spool_tag(log_db + "?sslmode=disable")
     (tmp_path / f"spool-{before}-1-1-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     w = writers(log_db + "?sslmode=prefer", tmp_path)
