@@ -6,13 +6,15 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 APT_PACKAGES := postgresql openssh-server openssh-client systemd-container debootstrap iproute2 chromium
 TEST_ARGS ?=
 
-.PHONY: help deps validate regression test test-fast bench lab-up lab-down lab-status clean
+.PHONY: help deps validate regression verify test test-fast bench lab-up lab-down lab-status clean
 REGRESSION_ARGS ?=
+VERIFY_ARGS ?=
 
 help:
 	@echo "make validate [HOSTS=local|lab]  run the six acceptance checks, write POC-1/evidence/ + report.html"
 	@echo "make test                        install everything, bring up the embedded lab, run the project's tests"
 	@echo "make regression [HOSTS=lab]      scheduled-style run: POC-1/runs/<run>/, history.jsonl, trend page, alarms"
+	@echo "make verify BUNDLE=path          check a bundle (tarball or directory) offline [VERIFY_ARGS=--allowed-signers=F]"
 	@echo "make bench                       the logger benchmarks (tests/benchmarks)"
 	@echo "make lab-up | lab-down | lab-status"
 
@@ -33,6 +35,11 @@ validate: deps
 
 regression: deps
 	$(PY) -m tools.regression --hosts $(HOSTS) $(REGRESSION_ARGS)
+
+## verify: offline, nothing installed (a reviewer's machine): hashes, signature, verdict, summary, report
+verify:
+	@test -n "$(BUNDLE)" || { echo "usage: make verify BUNDLE=POC-1/evidence-<run id>.tar.gz (or a directory)"; exit 2; }
+	$(PY) -m tools.verify $(VERIFY_ARGS) "$(BUNDLE)"
 
 ## test: the project's own tests; the lab is brought up first and torn down by the last test file
 test: deps

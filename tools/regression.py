@@ -9,14 +9,17 @@ A run, in order:
   1. take ``POC-1/runs/.lock`` (fcntl.flock, non-blocking; if held: one line, exit 75);
   2. create ``POC-1/runs/<UTC timestamp>-<run id>/`` and write its ``INCOMPLETE`` marker first;
   3. run the suite into ``<run folder>/evidence/`` (its output tee'd into ``<run folder>/suite.log``);
-  4. read ``manifest.json`` and ``overhead_benchmark.json``, compare with the baseline and the previous
-     run's versions lock, write ``regression.json``;
+  4. read ``manifest.json``, ``validation.json`` (the verdict validate gave: a bundle it refused, e.g.
+     for a secret, is NO-GO with that cause) and ``overhead_benchmark.json``, compare with the baseline
+     and the previous run's versions lock, write ``regression.json``;
   5. append one history line atomically, remove ``INCOMPLETE``, prune old run folders, rewrite
      ``index.html``.
 A run killed anywhere before step 5 leaves its folder marked INCOMPLETE and the history untouched.
 
-Exit codes: 0 GO and no alarm, 1 NO-GO, 3 regression alarm on a GO run, 4 bad settings,
-75 another run holds the lock, 128+N killed by signal N.
+Exit codes: 0 GO (or GO with waivers) and no alarm, 1 NO-GO, 3 regression alarm on a GO run, 4 bad
+settings, 75 another run holds the lock, 128+N killed by signal N. With ``--nagios``: one status line on
+stdout (the suite's output on stderr), exit 0 OK, 1 WARNING (waivers or an alarm), 2 CRITICAL (NO-GO),
+3 UNKNOWN (bad settings, locked, killed). ``--prom-file``: a Prometheus textfile of the run.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from tools import trend_page
+from evidence_writers import verdict as rule
+from tools import monitoring, trend_page
 from tools.runlock import try_lock
 from tools.history import (
     HISTORY_NAME,
@@ -100,6 +104,7 @@ class SuiteRun:
     timeout_s: float
     extra_args: list[str]
     redact: Callable[[str], str] = lambda text: text
+    echo: TextIO = field(default_factory=lambda: sys.stdout)  # where the suite's output is shown live
 
 
 #: A bundle producer: runs the checks, leaves manifest.json (+ artifacts) in ``evidence_dir``,
@@ -135,8 +140,8 @@ def subprocess_producer(command: Callable[[SuiteRun], list[str]] = validate_comm
                 line = run.redact(line)
                 run.log.write(line)
                 run.log.flush()
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                run.echo.write(line)
+                run.echo.flush()
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -248,23 +253,46 @@ class BundleFacts:
     versions: dict[str, Any]
     versions_digest: str | None
     cause: str | None
+    manifest: dict[str, Any] | None = None
+
+
+def read_validation(evidence_dir: Path) -> dict[str, Any] | None:
+    """validation.json as tools.validate wrote it (None: absent or unreadable, e.g. another producer)."""
+    try:
+        doc = json.loads((evidence_dir / "validation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("verdict") in rule.VERDICTS else None
 
 
 def read_bundle(evidence_dir: Path, suite_rc: int, log_path: Path) -> BundleFacts:
+    """The run's verdict: the one rule over the manifest's checks, then the verdict validate gave (its
+    refusal wins), else NO-GO when the suite failed although its manifest says GO."""
     path = evidence_dir / "manifest.json"
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         tail = _last_line(log_path)
         what = "no manifest.json" if isinstance(exc, OSError) else "an unreadable manifest.json"
-        return BundleFacts(None, "NO-GO", {}, {}, None,
+        return BundleFacts(None, rule.NO_GO, {}, {}, None,
                            f"the suite wrote {what} (exit {suite_rc})" + (f": {tail}" if tail else ""))
     checks = {str(c.get("id")): str(c.get("outcome")) for c in m.get("checks") or []}
     failed = [f"{c.get('id')}: {_clip(str(c.get('cause')))}" for c in m.get("checks") or []
               if c.get("outcome") not in ("passed",) and c.get("cause")]
-    verdict = "GO" if m.get("verdict") == "GO" else "NO-GO"
+    verdict, cause = rule.decide_manifest(m).verdict, "; ".join(failed) or None
+    if m.get("verdict") != verdict:
+        verdict, cause = rule.NO_GO, f"manifest.json records {m.get('verdict')!r} but the rule gives {verdict}"
+    validation = read_validation(evidence_dir)
+    if validation is not None and not rule.is_go(validation["verdict"]):
+        if validation.get("cause"):
+            cause = f"validate refused the bundle: {validation['cause']}" + (f"; {cause}" if cause else "")
+        verdict = rule.NO_GO
+    elif validation is None and rule.is_go(verdict) and suite_rc != 0:
+        tail = _last_line(log_path)
+        verdict = rule.NO_GO
+        cause = f"the suite exited {suite_rc} although its manifest says GO" + (f": {tail}" if tail else "")
     return BundleFacts(m.get("run_id"), verdict, checks, m.get("versions") or {}, m.get("versions_digest"),
-                       "; ".join(failed) or None)
+                       cause, m)
 
 
 def _clip(text: str) -> str:
@@ -329,6 +357,8 @@ class Outcome:
     exit_code: int
     folder: Path | None
     record: RunRecord | None
+    manifest: dict[str, Any] | None = None
+    cause: str | None = None  # why nothing ran (settings, lock, signal)
 
 
 def run_once(settings: Settings, producer: Producer | None = None, out: TextIO = sys.stdout) -> Outcome:
@@ -339,12 +369,12 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         pinned = load_pinned_baseline(settings.pinned_baseline)
     except (ValueError, OSError) as exc:
         print(f"regression: {exc}", file=out)
-        return Outcome(EXIT_SETTINGS, None, None)
+        return Outcome(EXIT_SETTINGS, None, None, cause=str(exc))
     lock_fd = acquire_lock(runs_dir)
     if lock_fd is None:
-        print(f"regression: another run holds {runs_dir / LOCK_NAME} ({lock_holder(runs_dir)}); not starting",
-              file=out)
-        return Outcome(EXIT_LOCKED, None, None)
+        cause = f"another run holds {runs_dir / LOCK_NAME} ({lock_holder(runs_dir)}); not starting"
+        print(f"regression: {cause}", file=out)
+        return Outcome(EXIT_LOCKED, None, None, cause=cause)
     previous_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -367,7 +397,7 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         redact = redactor(settings.hosts)
         with open(log_path, "w", encoding="utf-8") as log:
             rc = producer(SuiteRun(settings.hosts, run_id, evidence, log, settings.suite_timeout_s,
-                                   list(settings.suite_args), redact))
+                                   list(settings.suite_args), redact, out))
         facts = read_bundle(evidence, rc, log_path)
         record = _judge(settings, pinned, folder, started, run_id, facts, rc)
         record.cause = redact(record.cause) if record.cause else None
@@ -389,14 +419,14 @@ def run_once(settings: Settings, producer: Producer | None = None, out: TextIO =
         pruned = prune(runs_dir, history, settings.keep, folder.name)
         trend_page.write(history, runs_dir)
         _report(record, folder, pruned, out)
-        return Outcome(record.exit_code, folder, record)
+        return Outcome(record.exit_code, folder, record, facts.manifest)
     except Interrupted as exc:
         if folder is not None and (folder / INCOMPLETE).exists():
             _write_synced(folder / INCOMPLETE, f"killed by {exc} at {_now()}; no history line written\n", "a")
             print(f"regression: interrupted by {exc}; {folder.name} left INCOMPLETE", file=out)
         else:  # after the commit: the run is in the history; only pruning or the page may be stale
             print(f"regression: interrupted by {exc} after the run was recorded", file=out)
-        return Outcome(128 + exc.signum, folder, None)
+        return Outcome(128 + exc.signum, folder, None, cause=f"interrupted by {exc}")
     finally:
         for s, h in previous_handlers.items():
             signal.signal(s, h)
@@ -414,15 +444,13 @@ def _judge(settings: Settings, pinned: Baseline | None, folder: Path, started: d
                   versions_alarm(facts.versions_digest, facts.versions, prev)):
         if alarm:
             alarms.append(alarm)
-    if facts.verdict != "GO":
+    if not rule.is_go(facts.verdict):
         code = EXIT_NO_GO
     elif alarms:
         code = EXIT_REGRESSION
     else:
         code = EXIT_GO
     cause = facts.cause
-    if facts.verdict == "GO" and rc != 0:
-        cause = f"manifest says GO but the suite exited {rc}"
     return RunRecord(
         run_id=facts.run_id or run_id, folder=folder.name, time=f"{started:%Y-%m-%dT%H:%M:%SZ}",
         finished=_now(), target=settings.hosts, verdict=facts.verdict, checks=facts.checks,
@@ -493,6 +521,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite-arg", action="append",
                    default=shlex.split(_env("POC1_REGRESSION_SUITE_ARGS", "")),
                    help="extra argument passed to tools.validate (repeatable) [$POC1_REGRESSION_SUITE_ARGS]")
+    p.add_argument("--prom-file", type=Path, default=_env("POC1_PROM_FILE", "") or None,
+                   help="write a Prometheus textfile of the run here (a directory: poc1_acceptance.prom in it) "
+                        "for node_exporter's textfile collector [$POC1_PROM_FILE]")
+    p.add_argument("--nagios", action="store_true",
+                   help="one Nagios-style status line on stdout, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN")
     args = p.parse_args(argv)
     if args.keep < 1 or args.baseline_window < 1 or args.baseline_min_runs < 1:
         p.error("--keep, --baseline-window and --baseline-min-runs must be >= 1")
@@ -513,7 +546,33 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"regression: {exc}", file=sys.stderr)
             return EXIT_SETTINGS
-    return run_once(settings).exit_code
+    outcome = run_once(settings, out=sys.stderr if args.nagios else sys.stdout)
+    return monitor(outcome, settings.hosts, args.prom_file, args.nagios)
+
+
+def monitor(outcome: Outcome, hosts: str, prom_file: Path | None, nagios: bool) -> int:
+    """The monitoring hooks of a finished (or refused) run; returns the exit code to use."""
+    r = outcome.record
+    if r is None:  # nothing ran: bad settings, locked, or killed before the history line
+        if nagios:
+            line, code = monitoring.unknown(hosts, outcome.cause or "the run did not finish")
+            print(line, flush=True)
+            return code
+        return outcome.exit_code
+    status = monitoring.Status(target=hosts, verdict=r.verdict, run_id=r.run_id, cause=r.cause,
+                               manifest=outcome.manifest, alarms=[(a.kind, a.text) for a in r.alarms],
+                               regression=True)
+    if prom_file is not None:
+        try:
+            where = monitoring.write_textfile(prom_file, status)
+            print(f"regression: prometheus textfile {where}", file=sys.stderr if nagios else sys.stdout)
+        except OSError as exc:
+            print(f"regression: --prom-file {prom_file}: {exc.strerror or exc}", file=sys.stderr)
+    if not nagios:
+        return outcome.exit_code
+    line, code = monitoring.nagios(status)
+    print(line, flush=True)
+    return code
 
 
 if __name__ == "__main__":

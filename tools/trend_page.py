@@ -25,7 +25,8 @@ body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;col
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
 .sub{color:#5b6575;margin:0 0 16px}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;font-weight:600;color:#fff;white-space:nowrap}
-.GO{background:#1f8a3b} .NO-GO{background:#c0392b} .flag{background:#d9822b}
+.GO{background:#1f8a3b} .GO-with-waivers{background:#b26a00} .NO-GO{background:#c0392b}
+.flag{background:#d9822b}
 .alarm{border-left:6px solid #d9822b;background:#fff4e6;padding:10px 14px;margin:12px 0}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{border-bottom:1px solid #e3e7ee;padding:5px 8px;text-align:left;vertical-align:top}
@@ -44,6 +45,11 @@ _CHECK_SYMBOL = {"passed": "\u2713", "failed": "\u2717", "error": "!", "skipped"
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _badge(verdict: str) -> str:
+    """A verdict badge; "GO with waivers" gets its own colour (its class has no spaces)."""
+    return f'<span class="badge {_e(verdict.replace(" ", "-"))}">{_e(verdict)}</span>'
 
 
 def _ms(value: float | None) -> str:
@@ -111,7 +117,7 @@ def overhead_svg(records: list[RunRecord]) -> str:
             parts.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{_T + ph - 6}" y2="{_T + ph}" '
                          f'stroke="#8a94a6"><title>{_e(label)} (overhead not measured)</title></line>')
             continue
-        colour = "#1f8a3b" if r.verdict == "GO" else "#c0392b"
+        colour = {"GO": "#1f8a3b", "GO with waivers": "#b26a00"}.get(r.verdict, "#c0392b")
         ring = (f'<circle cx="{x(i):.1f}" cy="{y(r.overhead.p95_ms):.1f}" r="9" fill="none" stroke="#d9822b" '
                 f'stroke-width="3"/>' if r.flagged else "")
         parts.append(f'{ring}<circle class="run" data-run="{_e(r.run_id)}" cx="{x(i):.1f}" '
@@ -148,8 +154,7 @@ def _row(runs_dir: Path, r: RunRecord, prev: RunRecord | None, columns: list[str
     return (
         f'<tr class="{"flagged" if r.flagged else ""}" id="run-{_e(r.run_id)}">'
         f"<td>{_e(r.time)}</td><td>{_run_link(runs_dir, r)}</td><td>{_e(r.target)}</td>"
-        f'<td><span class="badge {_e(r.verdict)}">{_e(r.verdict)}</span>'
-        f"{regression}</td>"
+        f"<td>{_badge(r.verdict)}{regression}</td>"
         f"{checks}"
         f'<td class="num">{_ms(r.overhead.p50_ms)}</td><td class="num">{_ms(r.overhead.p95_ms)}</td>'
         f'<td class="num">{_ms(r.overhead.p99_ms)}</td>'
@@ -180,7 +185,7 @@ def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> 
     summary = "No run yet."
     if latest:
         summary = (f'Latest run <b>{_e(latest.run_id)}</b> ({_e(latest.time)}, target {_e(latest.target)}): '
-                   f'<span class="badge {_e(latest.verdict)}">{_e(latest.verdict)}</span>')
+                   f"{_badge(latest.verdict)}")
     alarm = ""
     if latest and latest.flagged:
         alarm = ('<div class="alarm"><b>Regression alarm on the latest run</b><ul>'
