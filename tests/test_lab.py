@@ -6,6 +6,7 @@ failures of `up`.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -278,3 +279,45 @@ def test_hooks_stop_start_a_unit_and_cut_a_link(local: LocalLab) -> None:
         lab.set_link("db", up=True)
     assert lab.exec("db", "pg_isready -h 10.231.0.19").returncode == 0
     assert tcp_open(layout.DB.ip, layout.DB_PORT, timeout=3)
+
+
+@pytest.mark.lab
+def test_openai_sdk_calls_of_every_kind_each_leave_one_row_on_db_host(local: LocalLab, reader) -> None:
+    """As a user's client calls the lab gateway: the official SDK, plain, streamed (with and without the
+    usage chunk), a tool call and an embedding — each one request row and one linked response with tokens."""
+    import openai
+
+    sdk = openai.OpenAI(base_url=local.gateway_url + "/v1", api_key=local.master_key, max_retries=0, timeout=30)
+    chat = sdk.chat.completions
+    messages = [{"role": "user", "content": f"sdk {uuid.uuid4().hex}"}]
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    seen: dict[str, tuple[str, str]] = {}  # kind -> (x-poc1-request-id, what the client got)
+
+    raw = chat.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+    seen["plain"] = (raw.headers["x-poc1-request-id"], raw.parse().choices[0].message.content)
+    for kind, options in (("stream", None), ("stream+usage", {"include_usage": True})):
+        kwargs = {"stream_options": options} if options else {}
+        with chat.with_streaming_response.create(model="gpt-4o-mini", messages=messages, stream=True,
+                                                 **kwargs) as resp:
+            text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+            seen[kind] = (resp.headers["x-poc1-request-id"], text)
+    raw = chat.with_raw_response.create(model="gpt-4o-mini", messages=messages, tools=[tool])
+    call = raw.parse().choices[0].message.tool_calls[0]
+    seen["tool call"] = (raw.headers["x-poc1-request-id"], call.function.name)
+    raw = sdk.embeddings.with_raw_response.create(model="text-embedding-3-small", input="lab embedding")
+    seen["embedding"] = (raw.headers["x-poc1-request-id"], str(len(raw.parse().data[0].embedding)))
+
+    for kind, (request_id, got) in seen.items():
+        found = _wait_row(reader, request_id)
+        assert found is not None, f"{kind}: no row for {request_id} after {ROW_WAIT_S} s"
+        req, resps = found
+        assert req.status_code == 200 and len(resps) == 1, (kind, req.status_code, len(resps))
+        assert resps[0].prompt_tokens and resps[0].total_tokens, (kind, resps[0].total_tokens)
+        if kind == "embedding":
+            assert req.route == "/v1/embeddings"
+            continue
+        assert req.route == "/v1/chat/completions", (kind, req.route)
+        content = json.dumps(resps[0].content)
+        assert got and got in content, (kind, got)  # the completion (or the tool's name) the client got
+        assert bool((resps[0].content.get("gateway_logger") or {}).get("stream")) == kind.startswith("stream")
