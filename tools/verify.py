@@ -68,7 +68,7 @@ def opened(bundle: Path, found: Findings) -> Iterator[Path]:
     try:
         tar = tarfile.open(bundle, "r:*")
     except (tarfile.TarError, OSError) as exc:
-        raise Unusable(f"{bundle}: not a readable tarball ({exc})") from None
+        raise Unusable(f"{bundle}: not a readable tarball ({_first(exc)})") from None
     with tar, tempfile.TemporaryDirectory(prefix="poc1-verify-") as tmp:
         out = Path(tmp)
         try:
@@ -82,8 +82,13 @@ def opened(bundle: Path, found: Findings) -> Iterator[Path]:
                 data = tar.extractfile(member)
                 (out / parts[1]).write_bytes(data.read() if data else b"")
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise Unusable(f"{bundle}: tarball cannot be read to the end ({exc})") from None
+            raise Unusable(f"{bundle}: tarball cannot be read to the end ({_first(exc)})") from None
         yield out
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def _files(directory: Path, found: Findings) -> list[str]:
