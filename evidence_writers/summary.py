@@ -239,10 +239,10 @@ def risks(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
     out = [{"item": item, "check": cid, "measured": figure or "not measured in this run",
             "result": _ok(checks, cid)} for item, cid, figure in items]
     match = dig(manifest.get("versions") or {}, "files_match")
+    seen = {k: v for k, v in match.items() if isinstance(v, bool)} if isinstance(match, Mapping) else {}
     out.append({"item": "Code drift: the gateway runs the repository's files", "check": "versions lock",
-                "measured": ("not measured in this run" if not isinstance(match, Mapping) else
-                             ", ".join(f"{k} {'matches' if v else 'DIFFERS'}" for k, v in match.items())),
-                "result": "recorded (not part of the verdict)"})
+                "measured": ", ".join(f"{k} {'matches' if v else 'DIFFERS'}" for k, v in seen.items())
+                or "not measured in this run", "result": "recorded (not part of the verdict)"})
     return out
 
 
