@@ -125,7 +125,7 @@ def apply(entries: Sequence[Waiver], outcomes: Mapping[str, str | None], registe
         elif outcome == "passed":
             reason = "not needed: the check passed"
         elif outcome != "failed":
-            reason = f"the check {outcome} before judging: only a measured failure can be waived"
+            reason = f"the check did not judge (outcome {outcome}): only a measured failure can be waived"
         else:
             applied.append(w.as_dict())
             continue
