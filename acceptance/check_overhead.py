@@ -99,7 +99,7 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
             doc.data.update(error=cause, samples=probe.sample_rows(ab.samples))
             raise CheckFailure(cause) from None
         if all(a.ok and b.ok for a, b in pairs):
-            tp_blocks, tp_samples = probe.throughput_blocks(caller, plan.block, plan.concurrency)
+            tp_blocks, tp_samples = probe.throughput_blocks(caller, plan.block, plan.concurrency, plan.groups)
         else:
             doc["throughput_note"] = "not measured: some interleaved requests failed"
 
@@ -110,11 +110,14 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
         engine = run.db_engine.get()
         clock = stats.clock_offset(probe.clock_probes(engine))
         created = probe.wait_for_rows(engine, logged_ids, plan.row_wait_s)  # by x-poc1-request-id
+        responses = probe.responses_per_request(engine, logged_ids)
         created.update(probe.created_at_by_call_id(engine, unlogged_ids))
 
     document = probe.build_document(
         run_id=run.run_id, target=target.group, plan=plan, limits=limits, pairs=pairs, tp_blocks=tp_blocks,
-        tp_samples=tp_samples, created=created, clock=clock, duration_s=time.monotonic() - t0)
+        tp_samples=tp_samples, created=created, clock=clock, duration_s=time.monotonic() - t0,
+        responses=responses)
+    run.overhead_request_ids = [i for i in logged_ids if i in created]  # check 5 judges them too
     doc.data.update(document)
     verdict = document["verdict"]
     added = document["added_latency"]["shift"]["p95"]
@@ -132,6 +135,7 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
         added_p95_ms=added["point"], added_p95_ci_ms=[added["low"], added["high"]],
         durability_lag_p95_ms=lag["p95"], requests=len(sent) + 2 * plan.warmup,
         throughput_rps={arm: document["throughput"].get(arm, {}).get("rps") for arm in probe.ARMS},
+        capacity_added_ms=document["capacity"].get("added_ms_per_request"),
         histogram=ARTIFACT_PNG)
     if not verdict["passed"]:
         raise CheckFailure(verdict["cause"])

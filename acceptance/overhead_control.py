@@ -1,10 +1,12 @@
-"""Check 6's control arm: the same gateway build on the same host, with the logger's DB writes off.
+"""Check 6's control arm: the same gateway build on the same host, without the logger.
 
 Why: a client cannot keep a call out of the log (config.yaml sets ``global_disable_no_log_param``), so
 the unlogged arm can no longer be ``"no-log": true`` requests to the gateway itself. Instead the check
-starts the control listener (``deploy/litellm-gateway-control.service``: same venv, config.yaml and
-logger module, ``POC1_LOGGER_DISABLED=1``, its own port) over SSH, sends both arms interleaved in the
-same seconds — logged to the gateway, unlogged to the control — and stops it afterwards, whatever happened.
+starts the control listener (``deploy/litellm-gateway-control.service``: same venv and config.yaml minus
+its ``callbacks``, its own port) over SSH, sends both arms interleaved in the same seconds — logged to the
+gateway, unlogged to the control — and stops it afterwards, whatever happened. Why no logger at all rather
+than the logger with its writes off: anything the logger's code costs before it would check such a switch
+(a blocking callback, say) would then slow both arms alike and vanish from the difference.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import Engine, func, select
 
 from acceptance import overhead_stats as st
-from db_init import Request
+from db_init import Request, Response
 
 ARMS = ("logged", "unlogged")
 CHAT_PATH = "/v1/chat/completions"
@@ -168,11 +168,15 @@ class Interleaved:
         return list(zip(lo, un))
 
 
-def throughput_blocks(caller: Caller, block: int, concurrency: int,
-                      order: Sequence[str] = ("logged", "unlogged", "unlogged", "logged"),
+ABBA = ("logged", "unlogged", "unlogged", "logged")
+
+
+def throughput_blocks(caller: Caller, block: int, concurrency: int, groups: int = 1,
                       ) -> tuple[list[dict[str, Any]], list[Sample]]:
-    """Blocks of ``block`` requests all logged or all unlogged, ``concurrency`` at a time, in ABBA order
-    (a linear drift of the machine cancels out). Returns per-block wall times and every sample."""
+    """``groups`` ABBA groups of blocks of ``block`` requests all logged or all unlogged, ``concurrency``
+    at a time (a linear drift of the machine cancels within a group; the groups are the replicates of
+    the capacity figure). Returns per-block wall times and every sample."""
+    order = ABBA * groups
     blocks: list[dict[str, Any]] = []
     samples: list[Sample] = []
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="overhead") as pool:
@@ -225,6 +229,18 @@ def _created_at(engine: Engine, column: Any, ids: Sequence[str]) -> dict[str, fl
     return found
 
 
+def responses_per_request(engine: Engine, request_ids: Sequence[str]) -> dict[str, int]:
+    """How many response rows each of these requests has (absent: no request row)."""
+    found: dict[str, int] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(list(request_ids)):
+            stmt = (select(Request.request_id, func.count(Response.id)).select_from(Request)
+                    .outerjoin(Response, Response.request_id_fk == Request.id)
+                    .where(Request.request_id.in_(chunk)).group_by(Request.request_id))
+            found.update({rid: int(n) for rid, n in conn.execute(stmt)})
+    return found
+
+
 def wait_for_rows(engine: Engine, request_ids: Sequence[str], timeout_s: float,
                   clock: Callable[[], float] = time.monotonic, poll_s: float = 0.25) -> dict[str, float]:
     """Poll until every id has its row or the time is up; returns what was found."""
@@ -247,12 +263,14 @@ def sample_rows(samples: Iterable[Sample]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Plan:
-    """How much to send (defaults: 20 warm-up pairs + 200 measured pairs + 4 x 40 throughput = 600 calls)."""
+    """How much to send (defaults: 20 warm-up pairs + 200 measured pairs + 6 ABBA groups x 4 blocks x 24
+    saturated = 1016 calls, about 20 s on the lab)."""
 
     pairs: int = 200
     warmup: int = 20
-    block: int = 40
+    block: int = 24
     concurrency: int = 8
+    groups: int = 6
     row_wait_s: float = 15.0
 
 
@@ -269,9 +287,9 @@ def run_interleaved(ab: Interleaved, plan: Plan, benchmark: Any | None = None) -
 METHOD = {
     "added_latency": (
         "Interleaved A/B on the same gateway host in the same seconds: as many requests to the gateway "
-        "(DB logging on) as to its control listener (the same venv, config.yaml and logger module on "
-        "another port, with POC1_LOGGER_DISABLED=1: the logger's hooks and DB writes off; started by the "
-        "check over SSH and stopped after, see control). No client can opt a call out of the log "
+        "(DB logging on) as to its control listener (the same venv and config.yaml without its callbacks, "
+        "i.e. without the logger, on another port; started by the check over SSH and stopped after, see "
+        "control). No client can opt a call out of the log "
         "(global_disable_no_log_param), so the unlogged arm is a second process, not a request flag. "
         "Sent one at a time, one keep-alive connection per arm, in a balanced random order (so the logging "
         "work that runs just after a logged answer slows the next request whichever arm it belongs to, "
@@ -294,10 +312,13 @@ METHOD = {
         "that cannot keep up shows as a growing lag (backlog slope, ms of lag per s of run). "
         "Pass: lag p95 below the durability-lag threshold, and every logged request has its row."),
     "throughput": (
-        "Blocks of requests sent with a fixed concurrency, every request of a block logged or every one "
-        "unlogged, in ABBA order so a linear drift of the machine cancels; added wall ms per request = "
-        "wall time per request logged minus unlogged. Reported, not a pass condition: on a shared "
-        "2-core runner its block-to-block noise is several ms."),
+        "Capacity: ABBA groups of saturated blocks (concurrency above the gateway's cores), every request "
+        "of a block to the gateway (logged) or every one to the control listener (unlogged); a linear "
+        "drift of the machine cancels within a group. At saturation the wall time per request of a block "
+        "is the gateway time each request costs, including the logging work LiteLLM runs after the answer "
+        "(which the client's latency cannot see). Per group: logged minus unlogged ms per request; the "
+        "groups are the replicates of a Student-t 95% interval. Pass: its upper bound below the "
+        "threshold (the seed's 5 ms), so a noisy run fails closed rather than passing a slowed gateway."),
     "litellm_headers": (
         "LiteLLM's own figures from each answer: x-litellm-overhead-duration-ms (its time outside the "
         "provider call) and x-litellm-callback-duration-ms (time spent in callbacks before the answer); "
@@ -337,7 +358,7 @@ class Series:
 def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
                    pairs: Sequence[tuple[Sample, Sample]], tp_blocks: list[dict[str, Any]],
                    tp_samples: Sequence[Sample], created: dict[str, float], clock: dict[str, float],
-                   duration_s: float) -> dict[str, Any]:
+                   duration_s: float, responses: dict[str, int] | None = None) -> dict[str, Any]:
     """Everything check 6 measured, its statistics and its verdict, as one JSON-able document."""
     logged = [p[0] for p in pairs]
     unlogged = [p[1] for p in pairs]
@@ -352,6 +373,8 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
         "unlogged_sent": len(all_unlogged), "unlogged_ok": sum(s.ok for s in all_unlogged),
         "logged_rows": sum(1 for s in all_logged if s.ok and s.call_id in created),
         "unlogged_rows": sum(1 for s in all_unlogged if s.call_id in created),
+        "logged_responses": sum(1 for s in all_logged if s.ok and (responses or {}).get(s.call_id) == 1),
+        "logged_several_responses": sum(1 for s in all_logged if s.ok and (responses or {}).get(s.call_id, 0) > 1),
     }
     lag_stats = st.percentiles([lag for _, lag in ab_lags])
     if len(lo_ms) >= 2:
@@ -359,7 +382,8 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
     else:
         nan = {"point": float("inf"), "low": float("inf"), "high": float("inf")}
         added = {"shift": {f"p{q}": nan for q in st.QUANTILES}, "pair_differences": st.percentiles([])}
-    verdict = st.judge(added, lag_stats, completeness, limits)
+    cap = st.capacity(tp_blocks)
+    verdict = st.judge(added, lag_stats, completeness, limits, cap)
 
     def header_stats(attr: str) -> dict[str, Any]:
         return {arm: st.percentiles([v for s in group if s.ok and (v := getattr(s, attr)) is not None])
@@ -386,6 +410,7 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
             "clock": clock,
         },
         "throughput": st.throughput(tp_blocks),
+        "capacity": cap,
         "completeness": completeness,
         "errors": sorted({s.error for s in (*all_logged, *all_unlogged) if s.error})[:10],
         "samples": sample_rows([*(s for p in pairs for s in p), *tp_samples]),

@@ -111,6 +111,43 @@ def throughput(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Student's t, two-sided 95 %, by degrees of freedom (1..30); beyond 30 the normal 1.96 is close enough
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+       2.045, 2.042)
+
+
+def t_interval(values: Sequence[float]) -> Interval:
+    """Mean with its 95 % Student-t interval. For a handful of independent block differences a
+    bootstrap would understate the spread; the t interval does not."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size < 2:
+        raise ValueError(f"need at least two values (got {arr.size})")
+    mean, sem = float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(arr.size))
+    t = T95[arr.size - 2] if arr.size - 1 <= len(T95) else 1.96
+    return Interval(mean, mean - t * sem, mean + t * sem, CONFIDENCE, 0)
+
+
+def capacity(blocks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the logging costs the gateway's capacity, from saturated blocks in ABBA groups of four.
+
+    With the gateway saturated (more requests in flight than it has cores), the wall time per request of
+    a block is the gateway time each request takes, all background work included (LiteLLM runs the
+    callbacks after the answer, so latency alone cannot see it). Per group: mean of its logged blocks
+    minus mean of its unlogged ones, in ms per request; the groups are the independent replicates."""
+    per: list[float] = []
+    for g in range(0, len(blocks) - 3, 4):
+        group = blocks[g:g + 4]
+        cost = {arm: [1000.0 * b["wall_s"] / b["requests"] for b in group if b["arm"] == arm and b["requests"]]
+                for arm in ("logged", "unlogged")}
+        if cost["logged"] and cost["unlogged"]:
+            per.append(float(np.mean(cost["logged"]) - np.mean(cost["unlogged"])))
+    out: dict[str, Any] = {"groups": len(per), "added_ms_per_request_by_group": [round(x, 3) for x in per]}
+    if len(per) >= 2:
+        out["added_ms_per_request"] = t_interval(per).as_dict()
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # the verdict
 
@@ -158,14 +195,27 @@ class Verdict:
         return {"passed": self.passed, "cause": self.cause, "criteria": [asdict(c) for c in self.criteria]}
 
 
-def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, int], limits: Limits) -> Verdict:
+def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, int], limits: Limits,
+          cap: dict[str, Any] | None = None) -> Verdict:
     """Apply the limits. ``added`` is :func:`added_latency`'s result, ``lag`` the percentiles of the
-    durability lag, ``completeness`` counts of sent/answered/rows found for each arm."""
+    durability lag, ``completeness`` counts of sent/answered/rows found for each arm, ``cap`` is
+    :func:`capacity`'s result (None: not measured, which fails: a sign-off needs it)."""
     v = Verdict()
     p95 = added["shift"]["p95"]
     v.criteria.append(Criterion(
         "added p95 latency", p95["point"], f"< {limits.overhead_ms:g} ms", p95["point"] < limits.overhead_ms,
         f"{p95['point']:.2f} ms (95% CI {p95['low']:.2f}..{p95['high']:.2f}) >= {limits.overhead_ms:g} ms"))
+    interval = (cap or {}).get("added_ms_per_request")
+    if interval is None:
+        v.criteria.append(Criterion("capacity: gateway time added per logged request", None,
+                                    f"95% CI upper bound < {limits.overhead_ms:g} ms", False,
+                                    "not measured (the saturated blocks did not run or were too few)"))
+    else:
+        v.criteria.append(Criterion(
+            "capacity: gateway time added per logged request", interval["point"],
+            f"95% CI upper bound < {limits.overhead_ms:g} ms", interval["high"] < limits.overhead_ms,
+            f"{interval['point']:.2f} ms (95% CI {interval['low']:.2f}..{interval['high']:.2f}, "
+            f"{cap['groups']} ABBA groups at saturation) not below {limits.overhead_ms:g} ms"))
     lag95 = lag.get("p95")
     v.criteria.append(Criterion(
         "durability lag p95", lag95, f"< {limits.durability_lag_ms:g} ms",
@@ -183,6 +233,13 @@ def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, in
     v.criteria.append(Criterion(
         "every logged request has its row", completeness["logged_rows"], f"= {completeness['logged_ok']}",
         rows_ok, f"{completeness['logged_rows']} of {completeness['logged_ok']} rows committed in time"))
+    linked = completeness.get("logged_responses")
+    v.criteria.append(Criterion(
+        "every logged request has exactly one response row", linked, f"= {completeness['logged_ok']}",
+        linked == completeness["logged_ok"] and not completeness.get("logged_several_responses"),
+        f"{linked} of {completeness['logged_ok']} logged requests have exactly one response row"
+        + (f" ({completeness['logged_several_responses']} have several)"
+           if completeness.get("logged_several_responses") else "")))
     v.criteria.append(Criterion(
         "no row for a control-listener request", completeness["unlogged_rows"], "= 0", completeness["unlogged_rows"] == 0,
         f"{completeness['unlogged_rows']} rows written for requests to the control listener (its logger is off) "

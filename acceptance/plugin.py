@@ -106,7 +106,7 @@ class AcceptancePlugin:
             if cid is not None and cid not in registry.BY_ID:
                 raise pytest.UsageError(f"{item.nodeid}: unknown check id {cid!r} "
                                         f"(registry: {', '.join(registry.BY_ID)})")
-        items.sort(key=lambda it: registry.ORDER.get(check_id(it) or "", len(registry.ORDER)))
+        items.sort(key=lambda it: registry.RUN_ORDER.get(check_id(it) or "", len(registry.RUN_ORDER)))
 
     def pytest_report_header(self) -> list[str]:
         t = self.ctx.target

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, column, func, select, table
+from sqlalchemy import Connection, Select, column, func, select, table, text
 from sqlalchemy.dialects import postgresql
 
 from db_init import Request, Response
@@ -66,23 +66,51 @@ def join_for_request(request_id: str) -> Select:
             .where(Request.request_id == request_id))
 
 
-def integrity_counts() -> dict[str, Select]:
-    """Counts over the whole tables; the names are what join_check.txt prints."""
-    per_request = (select(Response.request_id_fk).group_by(Response.request_id_fk)
-                   .having(func.count() > 1).subquery())
-    duplicates = select(Request.request_id).group_by(Request.request_id).having(func.count() > 1).subquery()
+def tally_of_requests(request_ids: list[str]) -> Select:
+    """For a set of calls (by their unique request_id, index look-ups only): how many have a request row,
+    how many of those have no response, several responses, or (successful ones) a response without
+    tokens. Every count can be non-zero: none is ruled out by a constraint."""
+    n_responses = func.count(Response.id)
+    tokenless = func.count(Response.id).filter((Response.total_tokens.is_(None)) | (Response.total_tokens == 0))
+    per = (select(Request.id, Request.status_code, n_responses.label("n"), tokenless.label("tokenless"))
+           .select_from(Request).outerjoin(Response, Response.request_id_fk == Request.id)
+           .where(Request.request_id.in_(request_ids)).group_by(Request.id, Request.status_code).subquery())
+    return select(func.count().label("found"),
+                  func.count().filter(per.c.n == 0).label("without_response"),
+                  func.count().filter(per.c.n > 1).label("several_responses"),
+                  func.count().filter((per.c.status_code < 400) & (per.c.tokenless > 0)).label("without_tokens"))
+
+
+def window_counts(since: Any) -> dict[str, Select]:
+    """Counts over the rows written since ``since`` (bounded by the created_at indexes, so their cost does
+    not grow with the table). A request and its response are written in one transaction, so a request
+    without one, or with several, is a defect whoever made the call."""
+    several = (select(Response.request_id_fk).where(Response.created_at >= since)
+               .group_by(Response.request_id_fk).having(func.count() > 1).subquery())
     return {
-        "requests": select(func.count()).select_from(Request),
-        "responses": select(func.count()).select_from(Response),
-        "orphan_responses": (select(func.count()).select_from(Response)
-                             .outerjoin(Request, Response.request_id_fk == Request.id)
-                             .where(Request.id.is_(None))),
-        "requests_without_response": (select(func.count()).select_from(Request)
-                                      .outerjoin(Response, Response.request_id_fk == Request.id)
-                                      .where(Response.id.is_(None))),
-        "duplicate_request_ids": select(func.count()).select_from(duplicates),
-        "requests_with_several_responses": select(func.count()).select_from(per_request),
+        "requests_in_window": select(func.count()).select_from(Request).where(Request.created_at >= since),
+        "requests_without_response": (
+            select(func.count()).select_from(Request).where(Request.created_at >= since)
+            .where(~select(Response.id).where(Response.request_id_fk == Request.id).exists())),
+        "requests_with_several_responses": select(func.count()).select_from(several),
     }
+
+
+#: the constraints that rule out orphan responses and duplicate request_ids, looked up in pg_catalog
+CONSTRAINTS_SQL = """SELECT
+  EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+          WHERE c.relname = 'requests' AND i.indisunique AND i.indnatts = 1 AND a.attname = 'request_id'
+            AND i.indisvalid) AS unique_request_id,
+  EXISTS (SELECT 1 FROM pg_constraint
+          WHERE conrelid = 'responses'::regclass AND contype = 'f' AND confrelid = 'requests'::regclass
+            AND confdeltype = 'c' AND convalidated) AS responses_fk_cascade"""
+
+
+def integrity_constraints(conn: Connection) -> dict[str, bool]:
+    row = conn.execute(text(CONSTRAINTS_SQL)).one()
+    return {"unique index on requests(request_id)": bool(row.unique_request_id),
+            "foreign key responses(request_id_fk) -> requests(id) ON DELETE CASCADE": bool(row.responses_fk_cascade)}
 
 
 @dataclass

@@ -36,4 +36,10 @@ CHECKS: tuple[CheckSpec, ...] = (
 )
 
 BY_ID: dict[str, CheckSpec] = {c.id: c for c in CHECKS}
+#: the order checks are listed in (manifest, report, summary): the closeout pack's numbering
 ORDER: dict[str, int] = {c.id: i for i, c in enumerate(CHECKS)}
+#: the order they run in: check 5 judges every call the run made, check 6's included, so it runs after it;
+#: check 1 runs last, so it sees whether the unit restarted while the others ran
+RUN_LAST = ("join_check", "logger_metrics", "service_status")
+RUN_ORDER: dict[str, int] = {cid: i for i, cid in enumerate(
+    [c.id for c in CHECKS if c.id not in RUN_LAST] + list(RUN_LAST))}

@@ -26,7 +26,7 @@ import yaml
 
 from acceptance.registry import CHECKS
 from evidence_writers.bundle import verify_bundle
-from tests.support.lab_unit import wait_gateway_answers
+from tests.support import lab_mutation
 from tests.support.acceptance_run import ROOT, SuiteRun, run_suite
 
 pytestmark = pytest.mark.lab
@@ -178,36 +178,12 @@ def _set_db_link(up: bool) -> None:
     lab.set_link("db", up=up)
 
 
-LOGGER_ON_GATEWAY = "/opt/litellm/gateway_logger.py"
-#: appended to the gateway's logger: it forgets every streamed call (a logger that only knows plain calls)
-DROP_STREAMS = """
-
-_poc1_fault_submit = GatewayLogger._submit
-
-
-def _poc1_fault_drop_streams(self, kwargs, failed):
-    if (kwargs.get("standard_logging_object") or {}).get("stream"):
-        return
-    _poc1_fault_submit(self, kwargs, failed)
-
-
-GatewayLogger._submit = _poc1_fault_drop_streams
-"""
-
-
 def _logger_drops_streams() -> None:
-    import lab
-    code = (ROOT / "gateway_logger.py").read_text() + DROP_STREAMS
-    lab.exec("gateway", f"cat > {LOGGER_ON_GATEWAY}", input=code)
-    lab.systemctl("gateway", "restart", "litellm-gateway", check=True, timeout=90)
-    wait_gateway_answers()
+    lab_mutation.deploy_logger(lab_mutation.repo_logger() + lab_mutation.DROPS_STREAMS)
 
 
 def _logger_restored() -> None:
-    import lab
-    lab.exec("gateway", f"cat > {LOGGER_ON_GATEWAY}", input=(ROOT / "gateway_logger.py").read_text())
-    lab.systemctl("gateway", "restart", "litellm-gateway", check=True, timeout=90)
-    wait_gateway_answers()
+    lab_mutation.deploy_logger(lab_mutation.repo_logger())
 
 
 FAULTS = [

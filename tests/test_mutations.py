@@ -1,0 +1,65 @@
+"""Break the embedded lab the way a system under sign-off can be wrong, run the suite, and assert the
+*right* check fails with the right cause — then undo it. A broken system that still gets GO is the worst
+bug this project can have; each test here is one such system that once got GO.
+
+Each test restores the lab in ``finally`` and checks the restore took.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.support import lab_mutation
+from tests.support.acceptance_run import SuiteRun, run_suite
+
+pytestmark = pytest.mark.lab
+
+CHECK_6 = "acceptance/check_overhead.py"
+
+
+def psql(sql: str) -> str:
+    import lab
+
+    return lab.exec("db", f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -d litellm_db "
+                          f"-c {shlex.quote(sql)}", timeout=60).stdout
+
+
+def assert_fails(run: SuiteRun, check_id: str, pattern: str) -> str:
+    assert run.rc == 1, run.stdout[-3000:]
+    check = run.check(check_id)
+    assert check["outcome"] == "failed", (check_id, check)
+    assert re.search(pattern, check["cause"]), (check_id, check["cause"], pattern)
+    assert run.manifest["verdict"] != "GO"
+    return check["cause"]
+
+
+def test_callback_blocking_the_event_loop_fails_check_6_on_capacity(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """30 ms of the gateway's event loop per logged call. LiteLLM runs the callback after the answer, so
+    the client's latency barely shows it; the gateway's capacity does."""
+    with lab_mutation.patched_logger(lab_mutation.BLOCKS_EVENT_LOOP):
+        run = run_suite(tmp_path / "evidence", CHECK_6, "--overhead-pairs=60", timeout=300)
+    cause = assert_fails(run, "overhead",
+                         r"capacity: gateway time added per logged request \d+\.\d+ ms \(95% CI .*\) not below 5 ms")
+    doc = run.check("overhead")["details"]
+    print(f"\nblocking callback: {cause}; throughput {doc['throughput_rps']}")
+
+
+def test_lost_response_rows_fail_checks_5_and_6(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """One response row in ten never lands (a trigger swallows it), the request rows do."""
+    psql("CREATE OR REPLACE FUNCTION poc1_fault_lose_responses() RETURNS trigger LANGUAGE plpgsql AS "
+         "$$ BEGIN IF random() < 0.1 THEN RETURN NULL; END IF; RETURN NEW; END $$")
+    psql("CREATE TRIGGER poc1_fault_lose_responses BEFORE INSERT ON responses FOR EACH ROW "
+         "EXECUTE FUNCTION poc1_fault_lose_responses()")
+    try:
+        run = run_suite(tmp_path / "evidence", "acceptance/check_chat_call.py", "acceptance/check_db_rows.py",
+                        CHECK_6, "acceptance/check_join_check.py", "--overhead-pairs=60", timeout=300)
+    finally:
+        psql("DROP TRIGGER IF EXISTS poc1_fault_lose_responses ON responses")
+        psql("DROP FUNCTION IF EXISTS poc1_fault_lose_responses()")
+    assert psql("SELECT count(*) FROM pg_trigger WHERE tgname = 'poc1_fault_lose_responses'").strip() == "0"
+    assert_fails(run, "join_check", r"\d+ of this run's calls have no response row")
+    assert_fails(run, "join_check", r"request\(s\) written in this run's window have no response row")
+    assert_fails(run, "overhead", r"every logged request has exactly one response row \d+ of \d+")
