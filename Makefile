@@ -14,7 +14,7 @@ help:
 	@echo "make validate [HOSTS=local|lab]  run the six acceptance checks, write POC-1/evidence/ + report.html"
 	@echo "make test                        install everything, bring up the embedded lab, run the project's tests"
 	@echo "make regression [HOSTS=lab]      scheduled-style run: POC-1/runs/<run>/, history.jsonl, trend page, alarms"
-	@echo "make verify BUNDLE=path          check a bundle (tarball or directory) offline [VERIFY_ARGS=--allowed-signers=F]"
+	@echo "make verify BUNDLE=path          check a bundle (tarball or directory) offline [VERIFY_ARGS=...]"
 	@echo "make bench                       the logger benchmarks (tests/benchmarks)"
 	@echo "make lab-up | lab-down | lab-status"
 
@@ -38,7 +38,7 @@ regression: deps
 
 ## verify: offline, nothing installed (a reviewer's machine): hashes, signature, verdict, summary, report
 verify:
-	@test -n "$(BUNDLE)" || { echo "usage: make verify BUNDLE=POC-1/evidence-<run id>.tar.gz (or a directory)"; exit 2; }
+	@test -n "$(BUNDLE)" || { echo "usage: make verify BUNDLE=POC-1/evidence-<run>.tar.gz (or a dir)"; exit 2; }
 	$(PY) -m tools.verify $(VERIFY_ARGS) "$(BUNDLE)"
 
 ## test: the project's own tests; the lab is brought up first and torn down by the last test file

@@ -136,6 +136,7 @@ def verify_bundle(directory: Path) -> list[str]:
         if sha256_file(p) != art["sha256"]:
             problems.append(f"{art['path']}: sha256 differs from manifest")
     for p in directory.iterdir():
-        if p.is_file() and p.name not in KEEP | AFTER_MANIFEST and p.name != MANIFEST and p.name not in listed:
+        beside = KEEP | AFTER_MANIFEST | {MANIFEST}
+        if p.is_file() and p.name not in beside and p.name not in listed:
             problems.append(f"{p.name}: present but not in the manifest")
     return problems

@@ -5,8 +5,9 @@ pack's five, the overhead check, and any added after them: PASS/FAIL/WAIVED, one
 the bundle), the waivers (applied, and ignored with the reason), the overhead figures and histogram
 (inline, so the one file can be mailed), the sign-off block, then pytest-html's environment table
 (target, hosts, versions lock, run id, git commit, and any rows a check puts in its manifest details
-under ``environment``, e.g. the logger's pool reuse) and its per-test table. Everything comes from the run's manifest (acceptance/plugin.py) and check 6's
-overhead_benchmark.json, so the report cannot say anything the bundle does not.
+under ``environment``, e.g. the logger's pool reuse) and its per-test table. Everything comes from the
+run's manifest (acceptance/plugin.py) and check 6's overhead_benchmark.json, so the report cannot say
+anything the bundle does not.
 
 Active only when pytest-html writes a report for an acceptance run (``--html``); inert otherwise.
 """
@@ -111,9 +112,10 @@ def waivers_html(manifest: dict[str, Any]) -> str:
         f'<tr data-check="{escape(w["check"])}" class="applied"><td><code>{escape(w["check"])}</code></td>'
         f'<td class="outcome WAIVED">WAIVED</td><td>{escape(w["justification"])}</td>'
         f'<td>{escape(w["approved_by"])}</td><td>{escape(w["expires"])}</td></tr>' for w in applied)
-    rows += "".join(
-        f'<tr data-check="{escape(str(i.get("check")))}" class="ignored"><td><code>{escape(str(i.get("check")))}'
-        f'</code></td><td>ignored</td><td colspan="3">{escape(str(i.get("reason")))}</td></tr>' for i in ignored)
+    for i in ignored:
+        cid, reason = escape(str(i.get("check"))), escape(str(i.get("reason")))
+        rows += (f'<tr data-check="{cid}" class="ignored"><td><code>{cid}</code></td><td>ignored</td>'
+                 f'<td colspan="3">{reason}</td></tr>')
     return ('<table id="poc1-waivers"><thead><tr><th>check</th><th>waiver</th><th>justification</th>'
             f"<th>approved by</th><th>expires</th></tr></thead><tbody>{rows}</tbody></table>")
 
@@ -177,19 +179,22 @@ def overhead_html(doc: dict[str, Any] | None, png: bytes | None) -> str:
         ci = f"{s['low']:.2f} .. {s['high']:.2f}" if "low" in s else "&mdash;"
         rows.append(
             f"<tr><td>{q}</td>"
-            + "".join(f'<td class="num">{_fmt((lat.get(arm) or {}).get(q))}</td>' for arm in ("logged", "unlogged"))
+            + "".join(f'<td class="num">{_fmt((lat.get(arm) or {}).get(q))}</td>'
+                      for arm in ("logged", "unlogged"))
             + f'<td class="num">{_fmt(s.get("point"))}</td><td class="num">{ci}</td>'
             + f'<td class="num">{_fmt((lag.get("interleaved") or {}).get(q))}</td>'
             + "".join(f'<td class="num">{_fmt((src.get(arm) or {}).get(q))}</td>'
                       for src in (hdr, cb) for arm in ("logged", "unlogged"))
             + "</tr>")
     parts.append(
-        '<table id="poc1-overhead-figures"><thead><tr><th rowspan="2"></th><th colspan="2">client latency</th>'
+        '<table id="poc1-overhead-figures"><thead><tr><th rowspan="2"></th>'
+        '<th colspan="2">client latency</th>'
         '<th colspan="2">added (on &minus; off)</th><th rowspan="2">durability lag</th>'
         '<th colspan="2">LiteLLM x-litellm-overhead-duration-ms</th>'
         '<th colspan="2">LiteLLM x-litellm-callback-duration-ms</th></tr>'
         "<tr><th>logging on</th><th>logging off</th><th>point</th><th>95% CI</th>"
-        "<th>on</th><th>off</th><th>on</th><th>off</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        "<th>on</th><th>off</th><th>on</th><th>off</th></tr></thead><tbody>" + "".join(rows)
+        + "</tbody></table>")
     tp = doc.get("throughput") or {}
     comp = doc.get("completeness") or {}
     facts = [
@@ -284,7 +289,8 @@ def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str
         pass
     png = (bundle / OVERHEAD_PNG).read_bytes() if (bundle / OVERHEAD_PNG).is_file() else None
     return (f'<style>{CSS}</style><div class="poc1" id="poc1-summary">'
-            f'<h2>Verdict: <span class="verdict {css_class(decision)}" id="poc1-verdict">{decision}</span></h2>'
+            f'<h2>Verdict: <span class="verdict {css_class(decision)}" '
+            f'id="poc1-verdict">{decision}</span></h2>'
             f"<h3>Validation checks</h3>{summary_html(rows, bundle, report_dir)}"
             f"<h3>Waivers</h3>{waivers_html(manifest)}"
             f"<h3>DB-logging overhead (check 6)</h3>{overhead_html(doc, png)}"

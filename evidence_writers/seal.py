@@ -6,6 +6,7 @@ file; the signed statement (in-toto test-result predicate: result, passed/warned
 configuration = inventory group and versions lock digest) also catches someone who edits a file *and*
 recomputes SHA256SUMS. Unsigned, the bundle is tamper-evident against accidents only, and says so.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,8 +35,11 @@ class SealError(RuntimeError):
 
 def bundle_files(directory: Path) -> list[str]:
     """The files a bundle hands out: plain top-level files, hidden ones (the marker) excluded, sorted."""
-    return sorted(p.name for p in directory.iterdir()
-                  if p.is_file() and not p.is_symlink() and not p.name.startswith(".") and p.name not in KEEP)
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and not p.is_symlink() and not p.name.startswith(".") and p.name not in KEEP
+    )
 
 
 def sums_text(directory: Path, names: list[str]) -> str:
@@ -61,17 +65,30 @@ def statement(manifest: Mapping[str, Any], subjects: Mapping[str, str]) -> dict[
     decision = rule.decide_manifest(manifest)
     waivers = manifest.get("waivers") or {}
     configuration: list[dict[str, Any]] = [
-        {"name": "inventory-group", "content": base64.b64encode(str(manifest.get("target")).encode()).decode(),
-         "annotations": {"group": manifest.get("target"), "inventory": manifest.get("inventory"),
-                         "hosts": manifest.get("hosts") or {}}},
+        {
+            "name": "inventory-group",
+            "content": base64.b64encode(str(manifest.get("target")).encode()).decode(),
+            "annotations": {
+                "group": manifest.get("target"),
+                "inventory": manifest.get("inventory"),
+                "hosts": manifest.get("hosts") or {},
+            },
+        },
         {"name": "versions-lock", "digest": {"sha256": str(manifest.get("versions_digest"))}},
     ]
     if waivers.get("sha256"):
-        configuration.append({"name": "waivers", "digest": {"sha256": waivers["sha256"]},
-                              "annotations": {"applied": [w["check"] for w in waivers.get("applied") or []]}})
+        configuration.append(
+            {
+                "name": "waivers",
+                "digest": {"sha256": waivers["sha256"]},
+                "annotations": {"applied": [w["check"] for w in waivers.get("applied") or []]},
+            }
+        )
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": name, "digest": {"sha256": digest}} for name, digest in sorted(subjects.items())],
+        "subject": [
+            {"name": name, "digest": {"sha256": digest}} for name, digest in sorted(subjects.items())
+        ],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "result": RESULT[decision.verdict],
@@ -91,14 +108,23 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
 def ssh_keygen(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """ssh-keygen, bounded, never prompting (a passphrase-protected key fails instead of hanging)."""
     try:
-        proc = subprocess.run(["ssh-keygen", *args], input=stdin, capture_output=True, timeout=SSH_KEYGEN_TIMEOUT_S,
-                              start_new_session=True)
+        proc = subprocess.run(
+            ["ssh-keygen", *args],
+            input=stdin,
+            capture_output=True,
+            timeout=SSH_KEYGEN_TIMEOUT_S,
+            start_new_session=True,
+        )
     except FileNotFoundError:
         raise SealError("ssh-keygen not found (package openssh-client)") from None
     except subprocess.TimeoutExpired:
         raise SealError(f"ssh-keygen {args[0]} {args[1]} took over {SSH_KEYGEN_TIMEOUT_S} s") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
-                                       proc.stderr.decode("utf-8", "replace"))
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
 
 
 def sign(path: Path, key: Path) -> Path:
@@ -125,15 +151,18 @@ def seal(directory: Path, manifest: Mapping[str, Any], signing_key: Path | None)
     for stale in NOT_SUBJECTS:
         (directory / stale).unlink(missing_ok=True)
     subjects = {n: sha256_file(directory / n) for n in bundle_files(directory)}
-    (directory / STATEMENT).write_text(json.dumps(statement(manifest, subjects), indent=2) + "\n",
-                                       encoding="utf-8")
+    (directory / STATEMENT).write_text(
+        json.dumps(statement(manifest, subjects), indent=2) + "\n", encoding="utf-8"
+    )
     if signing_key is not None:
         sign(directory / STATEMENT, signing_key)
         fingerprint = key_fingerprint(signing_key)
         note = f"signed with {fingerprint} (ssh-keygen -Y sign -n {NAMESPACE})"
     else:
-        note = (f"not signed: no signing key configured (--signing-key or ${SIGNING_ENV}); SHA256SUMS and "
-                f"{STATEMENT} show accidental changes only, not deliberate ones")
+        note = (
+            f"not signed: no signing key configured (--signing-key or ${SIGNING_ENV}); SHA256SUMS and "
+            f"{STATEMENT} show accidental changes only, not deliberate ones"
+        )
         (directory / UNSIGNED).write_text(note + "\n", encoding="utf-8")
     names = bundle_files(directory)
     (directory / SUMS).write_text(sums_text(directory, names), encoding="utf-8")

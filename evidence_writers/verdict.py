@@ -10,6 +10,7 @@ none of them judges on its own.
 Why only "failed" can be waived: a waiver accepts a measured shortfall (InSpec's waived control still
 runs). A check that did not run, was skipped, or errored before judging has no measurement to accept.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from typing import Any, Iterable, Mapping, Sequence
 GO, GO_WITH_WAIVERS, NO_GO = "GO", "GO with waivers", "NO-GO"
 VERDICTS = (GO, GO_WITH_WAIVERS, NO_GO)
 WAIVABLE = "failed"
-RULE = ("GO only when every registered check ran and passed; a failed check covered by a valid waiver "
-        "gives GO with waivers; a check that did not run, was skipped or errored is always NO-GO")
+RULE = (
+    "GO only when every registered check ran and passed; a failed check covered by a valid waiver "
+    "gives GO with waivers; a check that did not run, was skipped or errored is always NO-GO"
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ def is_go(verdict: str | None) -> bool:
     return verdict in (GO, GO_WITH_WAIVERS)
 
 
-def decide(outcomes: Mapping[str, str | None], required: Sequence[str], waived: Iterable[str] = ()) -> Decision:
+def decide(
+    outcomes: Mapping[str, str | None], required: Sequence[str], waived: Iterable[str] = ()
+) -> Decision:
     """The rule. ``outcomes``: check id -> outcome of every check that ran (plus any not required, which
     must pass too); ``waived``: ids a valid waiver covers (only a "failed" outcome can be waived)."""
     waivers = set(waived)
@@ -92,6 +97,7 @@ def waived_of(manifest: Mapping[str, Any]) -> list[str]:
 
 def decide_manifest(manifest: Mapping[str, Any]) -> Decision:
     """The rule applied to a manifest's checks, required list and applied waivers (what verify re-derives)."""
-    outcomes = {str(c.get("id")): c.get("outcome") for c in manifest.get("checks") or []
-                if isinstance(c, Mapping)}
+    outcomes = {
+        str(c.get("id")): c.get("outcome") for c in manifest.get("checks") or [] if isinstance(c, Mapping)
+    }
     return decide(outcomes, required_of(manifest), waived_of(manifest))

@@ -14,6 +14,7 @@ run: it applies no waiver (the verdict can only get stricter) and says so.
 
 The file is the one named by ``POC1_WAIVERS``, else ``POC-1/waivers.yml`` of the repository.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -86,11 +87,13 @@ def parse(data: Any) -> tuple[list[Waiver], list[dict[str, str]]]:
             continue
         expires = _date(body["expires"])
         if expires is None:
-            problems.append({"check": cid, "reason": f"expires {body['expires']!r} is not a date "
-                                                     "(YYYY-MM-DD): ignored"})
+            problems.append(
+                {"check": cid, "reason": f"expires {body['expires']!r} is not a date (YYYY-MM-DD): ignored"}
+            )
             continue
-        entries.append(Waiver(cid, str(body["justification"]).strip(), str(body["approved_by"]).strip(),
-                              expires))
+        entries.append(
+            Waiver(cid, str(body["justification"]).strip(), str(body["approved_by"]).strip(), expires)
+        )
     return entries, problems
 
 
@@ -103,15 +106,20 @@ def load(path: Path) -> WaiverFile:
         data = yaml.safe_load(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return WaiverFile(str(path), None, [], [{"check": "*", "reason": f"{path.name} unreadable ({first}): "
-                                                                          "no waiver applied"}])
+        return WaiverFile(
+            str(path),
+            None,
+            [],
+            [{"check": "*", "reason": f"{path.name} unreadable ({first}): no waiver applied"}],
+        )
     entries, problems = parse(data)
     return WaiverFile(str(path), hashlib.sha256(raw).hexdigest(), entries, problems)
 
 
-def apply(entries: Sequence[Waiver], outcomes: Mapping[str, str | None], registered: Sequence[str],
-          run_date: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(applied, ignored): which entries excuse a failed check of this run, and why each other one does not."""
+def apply(
+    entries: Sequence[Waiver], outcomes: Mapping[str, str | None], registered: Sequence[str], run_date: str
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(applied, ignored): the entries that excuse a failed check of this run, and why each other does not."""
     applied: list[dict[str, str]] = []
     ignored: list[dict[str, str]] = []
     for w in entries:
@@ -144,15 +152,21 @@ def run_date(started: str | None) -> str:
         return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
-def manifest_section(wf: WaiverFile | None, outcomes: Mapping[str, str | None], registered: Sequence[str],
-                     started: str) -> dict[str, Any]:
+def manifest_section(
+    wf: WaiverFile | None, outcomes: Mapping[str, str | None], registered: Sequence[str], started: str
+) -> dict[str, Any]:
     """The manifest's ``waivers``: the file, every entry as read, applied ones, ignored ones with reasons."""
     wf = wf or WaiverFile(None, None)
     date = run_date(started)
     applied, ignored = apply(wf.entries, outcomes, registered, date)
-    return {"file": wf.path, "sha256": wf.sha256, "judged_on": date,
-            "entries": [w.as_dict() for w in wf.entries], "applied": applied,
-            "ignored": [*wf.problems, *ignored]}
+    return {
+        "file": wf.path,
+        "sha256": wf.sha256,
+        "judged_on": date,
+        "entries": [w.as_dict() for w in wf.entries],
+        "applied": applied,
+        "ignored": [*wf.problems, *ignored],
+    }
 
 
 def entries_of(section: Mapping[str, Any]) -> list[Waiver]:
@@ -160,5 +174,7 @@ def entries_of(section: Mapping[str, Any]) -> list[Waiver]:
     out = []
     for e in section.get("entries") or []:
         if isinstance(e, Mapping) and all(k in e for k in ("check", *FIELDS)):
-            out.append(Waiver(str(e["check"]), str(e["justification"]), str(e["approved_by"]), str(e["expires"])))
+            out.append(
+                Waiver(str(e["check"]), str(e["justification"]), str(e["approved_by"]), str(e["expires"]))
+            )
     return out

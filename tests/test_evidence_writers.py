@@ -81,7 +81,8 @@ def _sha(path: Path) -> str:
     ("json", {"headers": {"Authorization": f"Bearer {MASTER}"}, "dsn": f"postgresql://u:{PASSWORD}@h/d"}),
     ("sql", [SqlResult("t", "SELECT 1", ["secret"], [(MASTER,), (PASSWORD,)])]),
 ])
-def test_each_writer_redacts_and_reports_true_hash(tmp_path: Path, redactor: Redactor, kind: str, content: Any) -> None:
+def test_each_writer_redacts_and_reports_true_hash(tmp_path: Path, redactor: Redactor, kind: str,
+                                                   content: Any) -> None:
     path = tmp_path / f"a.{kind}"
     written = writer_for(kind, redactor).write(path, content)
     data = path.read_bytes()
@@ -136,8 +137,8 @@ def test_document_footer_states_the_outcome() -> None:
     assert text_doc.content("failed", "down")[-1] == "== check service_status: FAILED: down"
     json_doc = Document("b.json", "json", "chat_call")
     json_doc["status"] = 200
-    assert json_doc.content("passed", None) == {"status": 200, "check": {"id": "chat_call", "outcome": "passed",
-                                                                       "cause": None}}
+    assert json_doc.content("passed", None) == {"status": 200, "check": {"id": "chat_call",
+                                                                       "outcome": "passed", "cause": None}}
 
 
 # --- bundle directory -------------------------------------------------------------------------------------
@@ -216,9 +217,9 @@ def test_go_only_when_every_implemented_check_ran_and_passed() -> None:
 
 
 def test_manifest_keeps_the_contract_keys() -> None:
-    m = build_manifest(run_id="r", started="s", finished="f", target="local", hosts={"gateway": "a", "db": "b"},
-                       checks=_checks(service_status="passed"), required=["service_status"],
-                       missing=["overhead"], artifacts=[], versions={"b": 2, "a": 1})
+    m = build_manifest(run_id="r", started="s", finished="f", target="local",
+                       hosts={"gateway": "a", "db": "b"}, checks=_checks(service_status="passed"),
+                       required=["service_status"], missing=["overhead"], artifacts=[], versions={"b": 2, "a": 1})
     for key in ("run_id", "started", "finished", "target", "hosts", "verdict", "checks", "artifacts",
                 "versions", "versions_digest"):
         assert key in m
@@ -230,8 +231,8 @@ def test_manifest_keeps_the_contract_keys() -> None:
     assert set(m["checks"][0]) == {"id", "title", "outcome", "cause", "artifacts", "duration_s"}
     assert versions_digest({"a": 1, "b": 2}) == m["versions_digest"] != versions_digest({"a": 1, "b": 3})
     complete = build_manifest(run_id="r", started="s", finished="f", target="local", hosts={},
-                              checks=_checks(service_status="passed"), required=["service_status"], missing=[],
-                              artifacts=[], versions={})
+                              checks=_checks(service_status="passed"), required=["service_status"],
+                              missing=[], artifacts=[], versions={})
     assert complete["verdict"] == "GO" and complete["verdict_basis"] == "1 of 1 registered checks passed"
 
 
@@ -242,7 +243,8 @@ def test_text_writer_appends_newline(redactor: Redactor, tmp_path: Path) -> None
 
 # --- the whole suite against a target that is not there (loopback, closed ports; no lab needed) ---------
 
-def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_secret(tmp_path: Path) -> None:
+def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_secret(
+        tmp_path: Path) -> None:
     import socket
     import subprocess
 
@@ -265,7 +267,8 @@ def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_
                  "db_port": port, "db_name": "litellm_db", "db_user": "litellm_user",
                  "db_reader_user": "poc1_reader", "known_hosts_file": str(tmp_path / "known_hosts"),
                  "master_key_env": "T_NOWHERE_MASTER", "db_reader_password_env": "T_NOWHERE_READER"}}}}}))
-    secrets = {"T_NOWHERE_MASTER": "sk-nowhere-" + os.urandom(16).hex(), "T_NOWHERE_READER": os.urandom(12).hex()}
+    secrets = {"T_NOWHERE_MASTER": "sk-nowhere-" + os.urandom(16).hex(),
+               "T_NOWHERE_READER": os.urandom(12).hex()}
     evidence = tmp_path / "evidence"
     five = [f"acceptance/check_{c}.py" for c in FIVE]
     run = run_suite(evidence, *five, hosts="nowhere", inventory=inv, env=secrets, timeout=120)
@@ -273,7 +276,8 @@ def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_
     assert run.rc == 1, run.stdout[-2000:] + run.stderr[-2000:]
     assert run.outcomes() == {c: "failed" for c in FIVE}
     causes = {c["id"]: c["cause"] for c in run.manifest["checks"]}
-    assert "Connection refused" in causes["service_status"] and "ssh gateway (127.0.0.1" in causes["service_status"]
+    assert "Connection refused" in causes["service_status"]
+    assert "ssh gateway (127.0.0.1" in causes["service_status"]
     assert causes["db_rows"].startswith("no call to look for: chat_call failed")
     assert all("\n" not in c for c in causes.values())
     assert run.wall_s < 30 and "Traceback" not in run.stdout
@@ -287,4 +291,5 @@ def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_
         for value in secrets.values():
             assert value.encode() not in data, f"secret leaked into {where}"
     chat = json.loads((evidence / "chat_call.json").read_text())
-    assert "${T_NOWHERE_MASTER}" in chat["curl"] and chat["request"]["headers"]["Authorization"] == "Bearer ***"
+    assert "${T_NOWHERE_MASTER}" in chat["curl"]
+    assert chat["request"]["headers"]["Authorization"] == "Bearer ***"

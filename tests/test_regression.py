@@ -396,6 +396,110 @@ def test_half_written_history_line_from_elsewhere_does_not_break_the_next_run(tm
 
 
 # --------------------------------------------------------------------------------------------------
+# the verdict validate gave (issue 12 point 5), the one verdict rule, monitoring hooks
+
+
+def test_a_bundle_validate_refused_is_no_go_with_its_cause_in_the_history(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real validate through the runner's own producer: every check of a target where nothing
+    listens fails and is waived (manifest: GO with waivers), and its master key is a string JUnit XML holds
+    verbatim, so validate refuses the bundle; the history must say NO-GO and why."""
+    from tests.support.evidence_bundles import nowhere
+
+    target = nowhere(tmp_path, master="test_service_status")
+    for name, value in target.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("POC1_WAIVERS", raising=False)
+    waivers = tmp_path / "waivers.yml"
+    waivers.write_text(json.dumps({c: {"justification": "j", "approved_by": "a", "expires": "2999-01-01"}
+                                   for c in CHECK_IDS}))
+    s = R.Settings(hosts="nowhere", runs_dir=tmp_path / "runs", policy=AlarmPolicy(min_runs=1),
+                   suite_args=[f"--inventory={target.inventory}", f"--waivers={waivers}"])
+    out = quiet_run(s, R.subprocess_producer())
+    assert out.exit_code == R.EXIT_NO_GO
+    manifest = json.loads((out.folder / "evidence" / "manifest.json").read_text())
+    assert manifest["verdict"] == "GO with waivers"
+    (rec,) = read_history(tmp_path / "runs" / "history.jsonl")
+    assert rec.verdict == "NO-GO"
+    assert rec.cause.startswith("validate refused the bundle: a secret of group nowhere is in "), rec.cause
+    assert "junit.xml" in rec.cause
+
+
+def test_a_go_manifest_from_a_failing_suite_or_against_the_rule_is_no_go(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    crashed = quiet_run(settings(runs), fake_producer(rc=1))  # no validation.json: not validate's bundle
+    assert crashed.exit_code == R.EXIT_NO_GO and crashed.record.verdict == "NO-GO"
+    assert crashed.record.cause.startswith("the suite exited 1 although its manifest says GO")
+    edited = quiet_run(settings(runs), fake_producer(outcomes={"db_tls": "failed"}))  # verdict left at GO
+    assert edited.record.verdict == "NO-GO"
+    assert edited.record.cause == "manifest.json records 'GO' but the rule gives NO-GO"
+
+
+def test_monitoring_hooks_say_ok_warning_critical_unknown(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    runs = tmp_path / "runs"
+    cases = [(fake_producer(p95=1.0), 0, "POC1 ACCEPTANCE OK - GO: 8 of 8 registered checks passed"),
+             (fake_producer(p95=9.0), 1, "POC1 ACCEPTANCE WARNING - GO: 8 of 8 registered checks passed; "
+                                         "overhead alarm: overhead p95 9.000 ms"),
+             (fake_producer(verdict="NO-GO", outcomes={"chat_call": "failed"}), 2,
+              "POC1 ACCEPTANCE CRITICAL - NO-GO: 7 of 8 registered checks passed; failed: chat_call; cause: "
+              "chat_call: chat_call broke (fake)")]
+    prom = tmp_path / "poc1.prom"
+    for producer, code, start in cases:
+        outcome = quiet_run(settings(runs), producer)
+        capsys.readouterr()
+        assert R.monitor(outcome, "local", prom, nagios=True) == code
+        (line,) = capsys.readouterr().out.splitlines()
+        assert line.startswith(start), line
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+        alarm = samples[("poc1_acceptance_regression_alarm", (("kind", "overhead"), ("target", "local")))]
+        assert alarm == (1 if code == 1 else 0)
+        no_go = ("poc1_acceptance_verdict", (("target", "local"), ("verdict", "NO-GO")))
+        assert samples[no_go] == (code == 2)
+    locked = R.Outcome(R.EXIT_LOCKED, None, None, cause="another run holds x/.lock (pid 1); not starting")
+    assert R.monitor(locked, "local", None, nagios=True) == 3
+    assert capsys.readouterr().out == ("POC1 ACCEPTANCE UNKNOWN - another run holds x/.lock (pid 1); "
+                                       "not starting (target local)\n")
+    assert R.monitor(locked, "local", None, nagios=False) == R.EXIT_LOCKED
+
+
+def test_the_real_runner_with_nagios_prints_one_line(tmp_path: Path) -> None:
+    from tests.support.evidence_bundles import nowhere
+
+    target = nowhere(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "POC1_"))}
+    env.update(target.env, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    proc = subprocess.run([sys.executable, "-m", "tools.regression", "--hosts", "nowhere", "--runs-dir",
+                           str(tmp_path / "runs"), "--nagios", f"--suite-arg=--inventory={target.inventory}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith("POC1 ACCEPTANCE CRITICAL - NO-GO: 0 of 8 registered checks passed")
+    assert "regression: run " in proc.stderr and "validate: run " in proc.stderr
+
+
+def test_the_trend_page_shows_go_with_waivers_apart(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    waived = {"chat_call": "failed"}
+
+    def produce(run: R.SuiteRun) -> int:
+        write_bundle(run.evidence_dir, f"w{run.run_id[-8:]}", 1.0, verdict="GO with waivers", outcomes=waived)
+        m = json.loads((run.evidence_dir / "manifest.json").read_text())
+        m["waivers"] = {"applied": [{"check": "chat_call", "justification": "j", "approved_by": "a",
+                                     "expires": "2999-01-01"}]}
+        (run.evidence_dir / "manifest.json").write_text(json.dumps(m))
+        return 0
+
+    out = quiet_run(settings(runs), produce)
+    assert out.exit_code == R.EXIT_GO and out.record.verdict == "GO with waivers"
+    page = (runs / "index.html").read_text()
+    assert '<span class="badge GO-with-waivers">GO with waivers</span>' in page
+
+
+# --------------------------------------------------------------------------------------------------
 # two real runs of the real suite against the embedded lab
 
 

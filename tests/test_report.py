@@ -8,8 +8,6 @@ report of a real lab run is checked the same way in tests/test_validate.py.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 from acceptance import overhead_stats, registry
 from evidence_writers import report
 from tests.support import chromium
+from tests.support.evidence_bundles import pytest_html_session  # real pytest-html with the report plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTORS = {"summary": "#poc1-summary", "verdict": "#poc1-verdict", "rows": "#poc1-checks tbody tr",
@@ -53,46 +52,17 @@ def write_bundle(bundle: Path, m: dict) -> None:
     on, off = rng.normal(17, 2, 200), rng.normal(16.5, 2, 200)
     added = overhead_stats.added_latency(on, off)
     lag = overhead_stats.percentiles(rng.gamma(2, 4, 200))
-    comp = {"logged_sent": 280, "logged_ok": 280, "unlogged_sent": 280, "unlogged_ok": 280, "logged_rows": 280,
-            "unlogged_rows": 0}
+    comp = {"logged_sent": 280, "logged_ok": 280, "unlogged_sent": 280, "unlogged_ok": 280,
+            "logged_rows": 280, "unlogged_rows": 0}
     doc = {"added_latency": added, "latency_ms": {"logged": overhead_stats.percentiles(on),
                                                  "unlogged": overhead_stats.percentiles(off)},
            "durability_lag_ms": {"interleaved": lag, "backlog_slope_ms_per_s": 0.1},
            "verdict": overhead_stats.judge(added, lag, comp, overhead_stats.Limits()).as_dict(),
            "completeness": comp, "method": {"added_latency": "interleaved A/B"}}
     (bundle / "overhead_benchmark.json").write_text(json.dumps(doc))
-    (bundle / "overhead_histogram.png").write_bytes(overhead_stats.histogram_png(on, off, rng.gamma(2, 4, 200)))
+    png = overhead_stats.histogram_png(on, off, rng.gamma(2, 4, 200))
+    (bundle / "overhead_histogram.png").write_bytes(png)
     (bundle / "manifest.json").write_text(json.dumps(m))
-
-
-CONFTEST = '''
-import json, os
-from pathlib import Path
-from types import SimpleNamespace
-from acceptance.plugin import PLUGIN_KEY
-pytest_plugins = ("evidence_writers.report",)
-
-def pytest_configure(config):
-    bundle = Path(os.environ["T_BUNDLE"])
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    config.stash[PLUGIN_KEY] = SimpleNamespace(manifest=manifest, ctx=SimpleNamespace(evidence_dir=bundle))
-'''
-
-
-def pytest_html_session(tmp_path: Path, bundle: Path) -> Path:
-    """A real pytest + pytest-html run with the report plugin; returns report.html (in the bundle)."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "conftest.py").write_text(CONFTEST)
-    (suite / "test_one.py").write_text("def test_one():\n    assert True\n")
-    out = bundle / "report.html"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "T_BUNDLE": str(bundle),
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), f"--html={out}", "--self-contained-html",
-                           "-p", "no:cacheprovider", "-q", "--rootdir", str(suite)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return out
 
 
 # --- the rules, on the HTML the plugin renders -----------------------------------------------------------
@@ -127,6 +97,26 @@ def test_rows_link_every_artifact_of_their_check_relative_to_the_report(tmp_path
     assert 'href="evidence/join_check.txt"' in html
     html = report.summary_html(rows, tmp_path, tmp_path)
     assert 'href="join_check.txt"' in html
+
+
+def test_a_waived_failure_is_a_waived_row_and_the_verdict_says_so() -> None:
+    m = manifest({**ALL, "db_tls": "failed"}, {"db_tls": "TLSv1.1 session"})
+    waiver = {"check": "db_tls", "justification": "legacy <client>", "approved_by": "J. Doe",
+              "expires": "2026-12-31"}
+    m["waivers"] = {"applied": [waiver],
+                    "ignored": [{"check": "overhead", "reason": "not needed: the check passed"}]}
+    rows = report.check_rows(m)
+    assert row(rows, "db_tls").shown == "WAIVED" and row(rows, "db_tls").cause == "TLSv1.1 session"
+    assert report.verdict(rows) == "GO with waivers"
+    html = report.waivers_html(m)
+    assert '<tr data-check="db_tls" class="applied">' in html and "legacy &lt;client&gt;" in html
+    assert '<tr data-check="overhead" class="ignored">' in html and "not needed: the check passed" in html
+    assert report.waivers_html(manifest(ALL)) == '<p id="poc1-waivers-none">No waiver applied.</p>'
+    # a waiver of a check that did not run changes nothing
+    m_not_run = manifest({k: v for k, v in ALL.items() if k != "db_tls"})
+    m_not_run["waivers"] = {"applied": [waiver]}
+    rows = report.check_rows(m_not_run)
+    assert row(rows, "db_tls").shown == "NOT RUN" and report.verdict(rows) == "NO-GO"
 
 
 def test_causes_are_escaped_and_shown_only_for_failures() -> None:

@@ -3,6 +3,7 @@ the seed's unmeasured claims only as "not measured". Read here as a reviewer rea
 GO bundle built through the evidence API, a GO with waivers, a check that did not run, and the NO-GO of
 a real run of the suite against a loopback target where nothing listens.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,14 @@ def section(text_lines: list[str], heading: str) -> list[str]:
     """From ``heading`` to the next heading of its level or above."""
     start = text_lines.index(heading)
     level = heading.split(" ", 1)[0]
-    end = next((i for i in range(start + 1, len(text_lines))
-                if re.match(r"#+ ", text_lines[i]) and len(text_lines[i].split(" ", 1)[0]) <= len(level)),
-               len(text_lines))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(text_lines))
+            if re.match(r"#+ ", text_lines[i]) and len(text_lines[i].split(" ", 1)[0]) <= len(level)
+        ),
+        len(text_lines),
+    )
     return text_lines[start:end]
 
 
@@ -41,8 +47,11 @@ def criterion(text_lines: list[str], n: int) -> list[str]:
 
 def table(text_lines: list[str]) -> list[list[str]]:
     """Body rows of the Markdown tables in ``text_lines`` (split on unescaped pipes; headers left out)."""
-    rows = [ln for i, ln in enumerate(text_lines) if ln.startswith("| ")
-            and not (i + 1 < len(text_lines) and text_lines[i + 1].startswith("|---"))]
+    rows = [
+        ln
+        for i, ln in enumerate(text_lines)
+        if ln.startswith("| ") and not (i + 1 < len(text_lines) and text_lines[i + 1].startswith("|---"))
+    ]
     return [[c.strip() for c in re.split(r"(?<!\\)\|", r)[1:-1]] for r in rows]
 
 
@@ -53,6 +62,8 @@ def test_a_go_summary_reads_like_the_seed_with_this_runs_figures(tmp_path: Path)
     assert text[0] == "# POC-1 LiteLLM SQLAlchemy Integration - COMPLETION SUMMARY"
     assert "Date: 2026-12-01" in text and "Status: COMPLETE - ALL SUCCESS CRITERIA MET" in text
     assert "Final Validation: PASSED" in text and "Verdict: **GO** (8 of 8 registered checks passed)" in text
+    assert ("Run `20261201T094909Z-d2f172ff` against inventory group `local` (gateway 10.231.0.18, "
+            "db 10.231.0.19),") in text
     for n, spec in enumerate(registry.CHECKS, 1):
         block = criterion(text, n)
         assert block[0] == f"### {n}. {summary.md(spec.title)}"
@@ -67,7 +78,8 @@ def test_a_go_summary_reads_like_the_seed_with_this_runs_figures(tmp_path: Path)
     overhead = next(c for c in m["checks"] if c["id"] == "overhead")["details"]
     low, high = overhead["added_p95_ci_ms"]
     assert metrics["Added client latency p95 (logging on - off)"][1] == (
-        f"{overhead['added_p95_ms']} ms (95% CI {low} .. {high} ms)")
+        f"{overhead['added_p95_ms']} ms (95% CI {low} .. {high} ms)"
+    )
     assert metrics["Throughput, logging on"][1] == "73.2 req/s"
     assert metrics["Tokens logged for the streamed call"][1] == "11"
     assert metrics["DB pool reuse during this run"][1] == "1.0 (100.0 %)"
@@ -80,11 +92,16 @@ def test_a_go_summary_reads_like_the_seed_with_this_runs_figures(tmp_path: Path)
     assert any(f"added client latency p95 {overhead['added_p95_ms']} ms" in ln for ln in perf), perf
     assert any(f"{overhead['durability_lag_p95_ms']} ms" in ln for ln in perf)
     versions = dict((r[0], r[1]) for r in table(section(text, "## Versions Lock")))
-    assert versions["LiteLLM (gateway)"] == "1.108.7" and versions["versions_digest (sha256)"] == m["versions_digest"]
+    assert (
+        versions["LiteLLM (gateway)"] == "1.108.7"
+        and versions["versions_digest (sha256)"] == m["versions_digest"]
+    )
     risks = {r[0]: r for r in table(section(text, "### Measured in this run"))}
     assert risks["Logger data loss"][1:] == ["0 rows dropped", "`logger_metrics`", "PASSED"]
-    assert "**GO DECISION: PROCEED.** Every one of the 8 success criteria passed in run " \
-           "`20261201T094909Z-d2f172ff`." in text
+    assert (
+        "**GO DECISION: PROCEED.** Every one of the 8 success criteria passed in run "
+        "`20261201T094909Z-d2f172ff`." in text
+    )
 
 
 def test_the_seeds_unmeasured_claims_appear_only_as_not_measured(tmp_path: Path) -> None:
@@ -96,8 +113,10 @@ def test_the_seeds_unmeasured_claims_appear_only_as_not_measured(tmp_path: Path)
         assert where, claim
         assert all("not measured:" in ln for ln in where), (claim, where)
     not_measured = table(section(text, "### Not measured"))
-    assert any(row[0] == "Service uptime 99.9%+ during testing period" and row[1].startswith("not measured: ")
-               for row in not_measured)
+    assert any(
+        row[0] == "Service uptime 99.9%+ during testing period" and row[1].startswith("not measured: ")
+        for row in not_measured
+    )
     assert not any("<5ms" in ln or "< 5 ms" in ln for ln in text)  # no limit claimed the manifest lacks
 
 
@@ -124,8 +143,10 @@ def test_a_no_go_summary_of_a_real_run_says_why_and_claims_no_figure(tmp_path: P
     for c in m["checks"]:
         assert f"- `{c['id']}` FAILED: {summary.md(c['cause'])}" in why, c["id"]
         assert f"- Result: {summary.md(c['cause'])}" in criterion(text, registry.ORDER[c["id"]] + 1)
-    assert any(ln.startswith("Not measured in this run: check 6 ended before its figures (FAILED: ssh gateway")
-               for ln in section(text, "## Performance Analysis"))
+    assert any(
+        ln.startswith("Not measured in this run: check 6 ended before its figures (FAILED: ssh gateway")
+        for ln in section(text, "## Performance Analysis")
+    )
     for row in table(section(text, "## Key Metrics (measured in this run)")):  # e.g. the refused call's time
         assert row[3].endswith(" FAILED"), row
     risks = table(section(text, "### Measured in this run"))
@@ -136,18 +157,31 @@ def test_a_no_go_summary_of_a_real_run_says_why_and_claims_no_figure(tmp_path: P
 
 def test_a_waived_failure_reads_go_with_waivers_naming_the_waiver(tmp_path: Path) -> None:
     evidence = tmp_path / "evidence"
-    waivers = waiver_file({"overhead": {"justification": "2-core CI runner | re-measured on the real lab",
-                                        "approved_by": "J. Doe", "expires": "2026-12-31"}})
-    build_bundle(evidence, outcomes={"overhead": "failed"}, causes={"overhead": "added p95 7.1 ms >= 5 ms"},
-                 waivers=waivers)
+    waivers = waiver_file(
+        {
+            "overhead": {
+                "justification": "2-core CI runner | re-measured on the real lab",
+                "approved_by": "J. Doe",
+                "expires": "2026-12-31",
+            }
+        }
+    )
+    build_bundle(
+        evidence,
+        outcomes={"overhead": "failed"},
+        causes={"overhead": "added p95 7.1 ms >= 5 ms"},
+        waivers=waivers,
+    )
     text = lines(evidence)
     assert "Status: COMPLETE WITH WAIVERS - 7 OF 8 SUCCESS CRITERIA MET, 1 WAIVED" in text
     assert "Final Validation: PASSED WITH WAIVERS" in text
     block = criterion(text, registry.ORDER["overhead"] + 1)
     assert "- Status: FAILED - WAIVED" in block and "- Result: added p95 7.1 ms >= 5 ms" in block
     assert "- Waiver: approved by J. Doe, expires 2026-12-31:" in block
-    assert ("- `overhead` waived: 2-core CI runner \\| re-measured on the real lab (approved by J. Doe, "
-            "expires 2026-12-31)") in section(text, "## Waivers")
+    assert (
+        "- `overhead` waived: 2-core CI runner \\| re-measured on the real lab (approved by J. Doe, "
+        "expires 2026-12-31)"
+    ) in section(text, "## Waivers")
     assert any(ln.startswith("**GO WITH WAIVERS: PROCEED, with the waivers above.**") for ln in text)
 
 
@@ -160,12 +194,16 @@ def test_a_check_that_did_not_run_is_not_run_and_no_go(tmp_path: Path) -> None:
     assert "- Evidence: none (the check left no artifact)" in block
     assert "- `db_tls` NOT RUN: the check did not run" in text
     risks = {r[0]: r for r in table(section(text, "### Measured in this run"))}
-    assert risks["Network security: TLS to the database"][1:] == ["not measured in this run", "`db_tls`",
-                                                                  "NOT RUN"]
+    assert risks["Network security: TLS to the database"][1:] == [
+        "not measured in this run",
+        "`db_tls`",
+        "NOT RUN",
+    ]
 
 
-@pytest.mark.parametrize("cause", ["HTTP 500 | <script>alert(1)</script> *bold* [x](y)",
-                                   "`code` and a\\backslash"])
+@pytest.mark.parametrize(
+    "cause", ["HTTP 500 | <script>alert(1)</script> *bold* [x](y)", "`code` and a\\backslash"]
+)
 def test_recorded_text_cannot_change_the_markdown(tmp_path: Path, cause: str) -> None:
     evidence = tmp_path / "evidence"
     build_bundle(evidence, outcomes={"chat_call": "failed"}, causes={"chat_call": cause})
@@ -179,7 +217,11 @@ def test_recorded_text_cannot_change_the_markdown(tmp_path: Path, cause: str) ->
 def test_a_secret_in_a_cause_never_reaches_the_summary(tmp_path: Path) -> None:
     secret = "pw-Zq9-" + "x" * 20
     evidence = tmp_path / "evidence"
-    build_bundle(evidence, outcomes={"db_tls": "failed"}, causes={"db_tls": f"login with {secret} refused"},
-                 secrets=(secret,))
+    build_bundle(
+        evidence,
+        outcomes={"db_tls": "failed"},
+        causes={"db_tls": f"login with {secret} refused"},
+        secrets=(secret,),
+    )
     text = (evidence / SUMMARY).read_text()
     assert secret not in text and "login with \\*\\*\\* refused" in text

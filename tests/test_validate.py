@@ -28,8 +28,9 @@ UNIT = "litellm-gateway"
 CHECKS = [c.id for c in registry.CHECKS]
 SELECTORS = {"verdict": "#poc1-verdict", "rows": "#poc1-checks tbody tr", "links": "#poc1-checks a.artifact",
              "img": "#poc1-histogram", "overhead_error": "#poc1-overhead-error"}
-BUNDLE_FILES = {"manifest.json", "report.html", "junit.xml", "pytest_benchmark.json", "overhead_benchmark.json",
-                "overhead_histogram.png", *(a for c in registry.CHECKS for a in c.artifacts)}
+BUNDLE_FILES = {"manifest.json", "report.html", "junit.xml", "pytest_benchmark.json",
+                "overhead_benchmark.json", "overhead_histogram.png", *(a for c in registry.CHECKS for a in c.artifacts),
+                "POC_COMPLETION_SUMMARY.md", "validation.json", "SHA256SUMS", "attestation.intoto.json"}
 
 
 def validate(evidence: Path, *args: str, hosts: str = "local", timeout: float = 600,
@@ -109,7 +110,8 @@ def test_healthy_lab_is_go_with_the_whole_bundle(tmp_path: Path, embedded_lab) -
 
 
 @pytest.mark.lab
-def test_stopped_gateway_is_no_go_naming_the_failing_checks(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+def test_stopped_gateway_is_no_go_naming_the_failing_checks(tmp_path: Path,
+                                                            embedded_lab) -> None:  # noqa: ANN001
     evidence = tmp_path / "evidence"
     gateway_unit("stop", UNIT)
     try:
@@ -153,7 +155,8 @@ def test_a_suite_that_cannot_start_is_exit_2_with_the_reason_last(tmp_path: Path
     assert res.returncode == V.EXIT_NOTHING, res.stdout[-2000:] + res.stderr[-2000:]
     assert "no such group" in res.stdout + res.stderr
     last = res.stdout.strip().splitlines()[-1]
-    assert last == f"validate: the suite wrote no new manifest.json in {evidence} (pytest exit 4); verdict NO-GO"
+    assert last == (f"validate: the suite wrote no new manifest.json in {evidence} (pytest exit 4); "
+                    "verdict NO-GO")
 
 
 def test_a_second_run_into_the_same_bundle_is_refused(tmp_path: Path) -> None:
@@ -165,7 +168,8 @@ def test_a_second_run_into_the_same_bundle_is_refused(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert res.returncode == V.EXIT_NOTHING
-    assert res.stdout.strip().splitlines()[-1].startswith(f"validate: another validate run is writing {evidence}")
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"validate: another validate run is writing {evidence}")
 
 
 def test_the_tarball_holds_the_bundle_and_a_secret_is_found_anywhere(tmp_path: Path) -> None:
@@ -188,3 +192,72 @@ def test_the_tarball_holds_the_bundle_and_a_secret_is_found_anywhere(tmp_path: P
     assert V.leaked_secrets(evidence, "local", inventory, env) == []
     (evidence / "junit.xml").write_text("<failure>password pw-reader-42 rejected</failure>")
     assert V.leaked_secrets(evidence, "local", inventory, env) == ["junit.xml"]
+
+
+# --- sealing, refusals and monitoring hooks on real runs against a loopback target nobody listens on --------
+
+def _prom(path: Path) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(path.read_text()) for s in fam.samples}
+
+
+def test_nagios_line_prometheus_textfile_and_a_signature_from_the_environment(tmp_path: Path) -> None:
+    from tests.support.evidence_bundles import validate_nowhere
+
+    key = tmp_path / "signer"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f", str(key)], check=True,
+                   timeout=30)
+    allowed = tmp_path / "allowed_signers"
+    pub = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+    allowed.write_text(f'ci namespaces="poc1-acceptance" {pub}\n')
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    res, _ = validate_nowhere(tmp_path, tmp_path / "evidence", "--nagios", f"--prom-file={textfiles}",
+                              env_extra={"POC1_SIGNING_KEY": str(key)})
+    assert res.returncode == 2, res.stdout + res.stderr[-3000:]  # CRITICAL
+    (line,) = res.stdout.splitlines()  # the status line only; the suite's output went to stderr
+    assert line.startswith("POC1 ACCEPTANCE CRITICAL - NO-GO: 0 of 8 registered checks passed; failed: "
+                           "service_status, gateway_db_connect")
+    assert "(run 20" in line and "target nowhere) | checks_passed=0;;;0;8" in line
+    assert "validate: run " in res.stderr and "verdict NO-GO" in res.stderr
+    prom = _prom(textfiles / "poc1_acceptance.prom")
+    assert prom[("poc1_acceptance_verdict", (("target", "nowhere"), ("verdict", "NO-GO")))] == 1
+    assert prom[("poc1_acceptance_verdict", (("target", "nowhere"), ("verdict", "GO")))] == 0
+    for cid in CHECKS:
+        assert prom[("poc1_acceptance_check_outcome", (("check", cid), ("outcome", "failed"),
+                                                       ("target", "nowhere")))] == 1
+    assert prom[("poc1_acceptance_last_run_timestamp_seconds", (("target", "nowhere"),))] > 1.7e9
+    manifest = json.loads((tmp_path / "evidence" / "manifest.json").read_text())
+    tarball = tmp_path / f"evidence-{manifest['run_id']}.tar.gz"
+    ok = subprocess.run([sys.executable, "-m", "tools.verify", str(tarball), f"--allowed-signers={allowed}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and 'signature for ci with ED25519' in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_a_signing_key_that_does_not_work_packs_nothing_and_says_why(tmp_path: Path) -> None:
+    from tests.support.evidence_bundles import validate_nowhere
+
+    missing = tmp_path / "no-such-key"
+    res, _ = validate_nowhere(tmp_path, tmp_path / "evidence", f"--signing-key={missing}")
+    assert res.returncode == V.EXIT_NOTHING
+    assert res.stdout.strip().splitlines()[-1] == (f"validate: signing key {missing}: no such file: bundle "
+                                                   "not packed; verdict NO-GO")
+    assert not list(tmp_path.glob("evidence-*.tar.gz"))
+    assert not (tmp_path / "evidence" / "SHA256SUMS").exists()
+    assert json.loads((tmp_path / "evidence" / "validation.json").read_text())["verdict"] == "NO-GO"
+
+
+def test_a_bundle_holding_a_secret_is_refused_and_validation_json_says_so(tmp_path: Path) -> None:
+    from tests.support.evidence_bundles import validate_nowhere
+
+    # a master key that is also a test name: JUnit XML and the report hold it verbatim
+    res, _ = validate_nowhere(tmp_path, tmp_path / "evidence", master="test_service_status")
+    assert res.returncode == V.EXIT_NO_GO
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("validate: a secret of group nowhere is in ") and "junit.xml" in last
+    assert "test_service_status" not in last
+    doc = json.loads((tmp_path / "evidence" / "validation.json").read_text())
+    assert doc["verdict"] == "NO-GO" and doc["cause"].startswith("a secret of group nowhere is in ")
+    assert not list(tmp_path.glob("evidence-*.tar.gz"))

@@ -4,6 +4,7 @@ run by ``tools.validate`` against a loopback target where nothing listens. Untou
 pass ``sha256sum -c``; one changed byte in any file, any removed file, an edited verdict, summary or
 report, a foreign signature each fail naming the file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,19 +25,25 @@ from tools import verify as VF
 
 
 def verify(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.verify", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.verify", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def failures(res: subprocess.CompletedProcess[str]) -> list[str]:
-    return [ln.removeprefix("verify: FAIL ") for ln in res.stdout.splitlines() if ln.startswith("verify: FAIL ")]
+    return [
+        ln.removeprefix("verify: FAIL ") for ln in res.stdout.splitlines() if ln.startswith("verify: FAIL ")
+    ]
 
 
 def reseal_sums(d: Path) -> None:
     """What someone editing a file and covering their tracks without the key would do."""
     names = [ln.split("  ", 1)[1] for ln in (d / SUMS).read_text().splitlines()]
-    (d / SUMS).write_text("".join(f"{hashlib.sha256((d / n).read_bytes()).hexdigest()}  {n}\n"
-                                  for n in names if (d / n).exists()))
+    (d / SUMS).write_text(
+        "".join(
+            f"{hashlib.sha256((d / n).read_bytes()).hexdigest()}  {n}\n" for n in names if (d / n).exists()
+        )
+    )
 
 
 def reseal_statement(d: Path) -> None:
@@ -56,8 +63,11 @@ def signing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     """(private key, allowed signers listing it, allowed signers listing another key)."""
     d = tmp_path_factory.mktemp("keys")
     for name in ("release", "other"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)],
-                       check=True, timeout=30)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)],
+            check=True,
+            timeout=30,
+        )
         pub = " ".join((d / f"{name}.pub").read_text().split()[:2])
         (d / f"allowed_{name}").write_text(f'{name}@poc1 namespaces="{seal.NAMESPACE}" {pub}\n')
     return d / "release", d / "allowed_release", d / "allowed_other"
@@ -68,10 +78,15 @@ def test_an_untouched_go_bundle_verifies_and_passes_sha256sum(go: tuple[Path, Pa
     for target in (tarball, evidence):
         res = verify(str(target))
         assert res.returncode == 0, res.stdout + res.stderr
-        assert res.stdout.strip().splitlines()[-1].startswith(f"verify: OK {target}: run 20261201T094909Z-d2f172ff, "
-                                                              "verdict GO")
+        assert (
+            res.stdout.strip()
+            .splitlines()[-1]
+            .startswith(f"verify: OK {target}: run 20261201T094909Z-d2f172ff, verdict GO")
+        )
         assert "signature: none (the bundle says it was not signed)" in res.stdout
-    check = subprocess.run(["sha256sum", "-c", SUMS], cwd=evidence, capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        ["sha256sum", "-c", SUMS], cwd=evidence, capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     listed = {ln.rsplit(": ", 1)[0] for ln in check.stdout.splitlines() if ln.endswith(": OK")}
     on_disk = {p.name for p in evidence.iterdir() if not p.name.startswith(".")} - {SUMS}
@@ -128,7 +143,9 @@ def test_any_removed_file_fails_naming_it(go: tuple[Path, Path], tmp_path: Path)
         assert any(f.startswith(f"{name}: ") for f in failures(res)), (name, res.stdout)
 
 
-def test_an_edited_verdict_fails_even_with_the_hashes_recomputed(go: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_edited_verdict_fails_even_with_the_hashes_recomputed(
+    go: tuple[Path, Path], tmp_path: Path
+) -> None:
     evidence, _ = go
     d = tmp_path / "edited"
     shutil.copytree(evidence, d)
@@ -140,18 +157,23 @@ def test_an_edited_verdict_fails_even_with_the_hashes_recomputed(go: tuple[Path,
     res = verify(str(d))
     assert res.returncode == 1
     fails = failures(res)
-    assert any(f.startswith("manifest.json: verdict 'GO' does not follow from its checks: the rule gives NO-GO")
-               for f in fails), fails
+    assert any(
+        f.startswith("manifest.json: verdict 'GO' does not follow from its checks: the rule gives NO-GO")
+        for f in fails
+    ), fails
     assert any(f.startswith(f"{SUMMARY}: is not the summary of manifest.json") for f in fails), fails
     assert any(f.startswith(f"{REPORT}: shows chat_call as 'PASS'") for f in fails), fails
     assert any(f.startswith(f"{STATEMENT}: predicate result") for f in fails), fails
 
 
-def test_an_edited_summary_or_report_fails_even_with_the_hashes_recomputed(go: tuple[Path, Path],
-                                                                           tmp_path: Path) -> None:
+def test_an_edited_summary_or_report_fails_even_with_the_hashes_recomputed(
+    go: tuple[Path, Path], tmp_path: Path
+) -> None:
     evidence, _ = go
-    for name, old, new in ((SUMMARY, "Final Validation: PASSED", "Final Validation: PASSED (99.9% uptime)"),
-                           (REPORT, 'id="poc1-verdict">GO<', 'id="poc1-verdict">GO!<')):
+    for name, old, new in (
+        (SUMMARY, "Final Validation: PASSED", "Final Validation: PASSED (99.9% uptime)"),
+        (REPORT, 'id="poc1-verdict">GO<', 'id="poc1-verdict">GO!<'),
+    ):
         d = tmp_path / name
         shutil.copytree(evidence, d)
         text = (d / name).read_text()
@@ -160,11 +182,14 @@ def test_an_edited_summary_or_report_fails_even_with_the_hashes_recomputed(go: t
         reseal_statement(d)
         reseal_sums(d)
         fails = failures(verify(str(d)))
-        assert [f for f in fails if f.startswith(f"{name}: ")] and all(f.startswith(f"{name}: ") for f in fails), fails
+        assert [f for f in fails if f.startswith(f"{name}: ")] and all(
+            f.startswith(f"{name}: ") for f in fails
+        ), fails
 
 
-def test_a_signed_bundle_verifies_against_its_signer_only(tmp_path: Path,
-                                                          signing: tuple[Path, Path, Path]) -> None:
+def test_a_signed_bundle_verifies_against_its_signer_only(
+    tmp_path: Path, signing: tuple[Path, Path, Path]
+) -> None:
     key, allowed, other = signing
     evidence, tarball = full_bundle(tmp_path, signing_key=key)
     assert (evidence / SIGNATURE).is_file() and not (evidence / UNSIGNED).exists()
@@ -183,7 +208,9 @@ def test_a_signed_bundle_verifies_against_its_signer_only(tmp_path: Path,
     reseal_sums(forged)
     res = verify(str(forged), f"--allowed-signers={allowed}")
     assert res.returncode == 1
-    assert any(f.startswith(f"{SIGNATURE}: does not verify for release@poc1") for f in failures(res)), res.stdout
+    assert any(f.startswith(f"{SIGNATURE}: does not verify for release@poc1") for f in failures(res)), (
+        res.stdout
+    )
 
     unsigned_dir, _ = full_bundle(tmp_path, name="unsigned")
     refused = verify(str(unsigned_dir), f"--allowed-signers={allowed}")
@@ -200,7 +227,9 @@ def test_a_tarball_with_a_foreign_member_or_no_tarball_at_all(go: tuple[Path, Pa
         info.size = 3
         dst.addfile(info, io.BytesIO(b"hi\n"))
     res = verify(str(bad))
-    assert res.returncode == 1 and failures(res) == ["../escape.txt: not a plain file under evidence/ in the tarball"]
+    assert res.returncode == 1 and failures(res) == [
+        "../escape.txt: not a plain file under evidence/ in the tarball"
+    ]
     assert not (tmp_path.parent / "escape.txt").exists()
 
     junk = tmp_path / "junk.tar.gz"
@@ -225,8 +254,9 @@ def test_a_real_no_go_run_of_validate_verifies_and_names_its_failures(tmp_path: 
     for value in target.env.values():
         for p in evidence.iterdir():
             assert value.encode() not in p.read_bytes(), p.name
-    make = subprocess.run(["make", "-s", "verify", f"BUNDLE={tarball}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    make = subprocess.run(
+        ["make", "-s", "verify", f"BUNDLE={tarball}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert make.returncode == 0 and f"verify: OK {tarball}" in make.stdout, make.stdout + make.stderr
     usage = subprocess.run(["make", "-s", "verify"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert usage.returncode != 0 and "usage: make verify BUNDLE=" in usage.stdout

@@ -3,6 +3,7 @@ expiry and NO-GO after; unknown, expired, malformed and not-needed waivers are i
 waiver stands in for a check that did not run. Through the real parser, build_manifest, the report
 (a real pytest-html session), the summary, tools.verify, and two real runs of tools.validate.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,17 +20,31 @@ from evidence_writers import verdict as rule
 from evidence_writers import waivers as W
 from evidence_writers.bundle import REPORT, SUMMARY
 from evidence_writers.manifest import CheckRecord, build_manifest
-from tests.support.evidence_bundles import ROOT, build_bundle, full_bundle, validate_nowhere, waiver_file
+from tests.support.evidence_bundles import ROOT, full_bundle, validate_nowhere, waiver_file
 
 IDS = [c.id for c in registry.CHECKS]
-GOOD = {"justification": "shared CI runner; re-measured on the real lab", "approved_by": "J. Doe",
-        "expires": "2026-12-31"}
+GOOD = {
+    "justification": "shared CI runner; re-measured on the real lab",
+    "approved_by": "J. Doe",
+    "expires": "2026-12-31",
+}
 
 
 def manifest_with(outcomes: dict[str, str | None], waivers: dict, started: str) -> dict:
     checks = [CheckRecord(c, c, o) for c, o in outcomes.items() if o is not None]
-    return build_manifest(run_id="r", started=started, finished=started, target="local", hosts={}, checks=checks,
-                          required=IDS, missing=[], artifacts=[], versions={}, waivers=waiver_file(waivers))
+    return build_manifest(
+        run_id="r",
+        started=started,
+        finished=started,
+        target="local",
+        hosts={},
+        checks=checks,
+        required=IDS,
+        missing=[],
+        artifacts=[],
+        versions={},
+        waivers=waiver_file(waivers),
+    )
 
 
 def all_passed(**changes: str | None) -> dict[str, str | None]:
@@ -42,9 +57,11 @@ def test_the_shipped_file_has_no_active_waiver_and_its_example_is_valid() -> Non
     assert loaded.entries == [] and loaded.problems == [] and loaded.sha256
     assert W.configured_path({}) == path and W.configured_path({"POC1_WAIVERS": "/x.yml"}) == Path("/x.yml")
     text = path.read_text()
-    example = text[text.index("An entry looks like this"):].splitlines()[2:]
+    example = text[text.index("An entry looks like this") :].splitlines()[2:]
     entries, problems = W.parse(yaml.safe_load("\n".join(ln.removeprefix("# ") for ln in example)))
-    assert problems == [] and [e.check for e in entries] == ["overhead"] and entries[0].expires == "2026-12-31"
+    assert (
+        problems == [] and [e.check for e in entries] == ["overhead"] and entries[0].expires == "2026-12-31"
+    )
 
 
 def test_a_waived_failure_is_go_with_waivers_until_its_expiry_and_no_go_after() -> None:
@@ -55,48 +72,67 @@ def test_a_waived_failure_is_go_with_waivers_until_its_expiry_and_no_go_after() 
     assert "waived: overhead" in on_expiry["verdict_basis"]
     after = manifest_with(outcomes, {"overhead": GOOD}, "2027-01-01T00:00:01+00:00")
     assert after["verdict"] == rule.NO_GO and after["waivers"]["applied"] == []
-    assert after["waivers"]["ignored"] == [{"check": "overhead",
-                                            "reason": "expired on 2026-12-31 (run of 2027-01-01): ignored"}]
+    assert after["waivers"]["ignored"] == [
+        {"check": "overhead", "reason": "expired on 2026-12-31 (run of 2027-01-01): ignored"}
+    ]
     # judged on the run's UTC date: 23:30 on the 31st in UTC-2 is already the 1st in UTC
     late = manifest_with(outcomes, {"overhead": GOOD}, "2026-12-31T23:30:00-02:00")
     assert late["verdict"] == rule.NO_GO
 
 
-@pytest.mark.parametrize("outcome,reason", [
-    (None, "the check did not run: a waiver cannot stand in for a check that did not run"),
-    ("skipped", "the check did not judge (outcome skipped): only a measured failure can be waived"),
-    ("error", "the check did not judge (outcome error): only a measured failure can be waived"),
-    ("passed", "not needed: the check passed"),
-])
+@pytest.mark.parametrize(
+    "outcome,reason",
+    [
+        (None, "the check did not run: a waiver cannot stand in for a check that did not run"),
+        ("skipped", "the check did not judge (outcome skipped): only a measured failure can be waived"),
+        ("error", "the check did not judge (outcome error): only a measured failure can be waived"),
+        ("passed", "not needed: the check passed"),
+    ],
+)
 def test_only_a_measured_failure_can_be_waived(outcome: str | None, reason: str) -> None:
     m = manifest_with(all_passed(db_tls=outcome), {"db_tls": GOOD}, "2026-06-01T00:00:00+00:00")
-    assert m["waivers"]["applied"] == [] and m["waivers"]["ignored"] == [{"check": "db_tls", "reason": reason}]
+    assert m["waivers"]["applied"] == [] and m["waivers"]["ignored"] == [
+        {"check": "db_tls", "reason": reason}
+    ]
     assert m["verdict"] == (rule.GO if outcome == "passed" else rule.NO_GO)
     # a hand-edited "applied" list cannot excuse it either: the rule only waives a "failed" outcome
     m["waivers"]["applied"] = [{"check": "db_tls", **GOOD}]
-    assert rule.decide_manifest(m).verdict == (rule.GO_WITH_WAIVERS if outcome == "failed" else
-                                               rule.GO if outcome == "passed" else rule.NO_GO)
+    assert rule.decide_manifest(m).verdict == (
+        rule.GO_WITH_WAIVERS if outcome == "failed" else rule.GO if outcome == "passed" else rule.NO_GO
+    )
 
 
 def test_unknown_and_malformed_waivers_are_ignored_and_said() -> None:
-    entries = {"no_such_check": GOOD, "db_tls": {**GOOD, "approved_by": ""},
-               "join_check": {**GOOD, "expires": "next week"}, "chat_call": "yes please"}
-    m = manifest_with(all_passed(db_tls="failed", join_check="failed", chat_call="failed"), entries,
-                      "2026-06-01T00:00:00+00:00")
+    entries = {
+        "no_such_check": GOOD,
+        "db_tls": {**GOOD, "approved_by": ""},
+        "join_check": {**GOOD, "expires": "next week"},
+        "chat_call": "yes please",
+    }
+    m = manifest_with(
+        all_passed(db_tls="failed", join_check="failed", chat_call="failed"),
+        entries,
+        "2026-06-01T00:00:00+00:00",
+    )
     assert m["verdict"] == rule.NO_GO and m["waivers"]["applied"] == []
     assert {i["check"]: i["reason"] for i in m["waivers"]["ignored"]} == {
         "no_such_check": "unknown check (not in the registry): ignored",
         "db_tls": "entry lacks approved_by: ignored",
         "join_check": "expires 'next week' is not a date (YYYY-MM-DD): ignored",
-        "chat_call": "entry is not a mapping: ignored"}
+        "chat_call": "entry is not a mapping: ignored",
+    }
 
 
-@pytest.mark.parametrize("content,reason", [
-    ("overhead: [unclosed\n", "waivers.yml unreadable ("),
-    ("- overhead\n", "the file is not a mapping of check id -> waiver: ignored"),
-])
-def test_a_broken_file_applies_no_waiver_and_says_why_in_one_line(tmp_path: Path, content: str,
-                                                                   reason: str) -> None:
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        ("overhead: [unclosed\n", "waivers.yml unreadable ("),
+        ("- overhead\n", "the file is not a mapping of check id -> waiver: ignored"),
+    ],
+)
+def test_a_broken_file_applies_no_waiver_and_says_why_in_one_line(
+    tmp_path: Path, content: str, reason: str
+) -> None:
     path = tmp_path / "waivers.yml"
     path.write_text(content)
     loaded = W.load(path)
@@ -106,13 +142,25 @@ def test_a_broken_file_applies_no_waiver_and_says_why_in_one_line(tmp_path: Path
     assert W.load(tmp_path / "absent.yml").entries == [] and W.load(tmp_path / "absent.yml").problems == []
 
 
-def test_the_configured_file_is_what_every_run_applies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_configured_file_is_what_every_run_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "waivers.yml"
     path.write_text(yaml.safe_dump({"overhead": GOOD}))
     monkeypatch.setenv("POC1_WAIVERS", str(path))
     checks = [CheckRecord(c, c, "failed" if c == "overhead" else "passed") for c in IDS]
-    m = build_manifest(run_id="r", started="2026-06-01T00:00:00+00:00", finished="f", target="local", hosts={},
-                       checks=checks, required=IDS, missing=[], artifacts=[], versions={})
+    m = build_manifest(
+        run_id="r",
+        started="2026-06-01T00:00:00+00:00",
+        finished="f",
+        target="local",
+        hosts={},
+        checks=checks,
+        required=IDS,
+        missing=[],
+        artifacts=[],
+        versions={},
+    )
     assert m["verdict"] == rule.GO_WITH_WAIVERS and m["waivers"]["file"] == str(path)
 
 
@@ -123,8 +171,11 @@ def test_a_waived_bundle_lists_the_waiver_in_manifest_report_and_summary_and_ver
     assert m["verdict"] == "GO with waivers" and [w["check"] for w in m["waivers"]["applied"]] == ["overhead"]
     html = (evidence / REPORT).read_text()
     assert 'id="poc1-verdict">GO with waivers<' in html and 'class="verdict GO-with-waivers"' in html
-    assert re.search(r'<tr data-check="overhead" class="applied">.*?WAIVED.*?shared CI runner.*?J\. Doe.*?'
-                     r"2026-12-31", html)
+    assert re.search(
+        r'<tr data-check="overhead" class="applied">.*?WAIVED.*?shared CI runner.*?J\. Doe.*?'
+        r"2026-12-31",
+        html,
+    )
     assert re.search(r'<tr data-check="no_such_check" class="ignored">.*?unknown check', html)
     assert re.search(r'<tr data-check="overhead"><td>6</td>.*?class="outcome WAIVED">WAIVED<', html)
     summary = (evidence / SUMMARY).read_text()
@@ -132,8 +183,13 @@ def test_a_waived_bundle_lists_the_waiver_in_manifest_report_and_summary_and_ver
     assert "- Ignored: `no_such_check`: unknown check (not in the registry): ignored" in summary
     st = json.loads((evidence / "attestation.intoto.json").read_text())["predicate"]
     assert st["result"] == "WARNED" and st["warnedTests"] == ["overhead"] and st["failedTests"] == []
-    res = subprocess.run([sys.executable, "-m", "tools.verify", str(tarball)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "tools.verify", str(tarball)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "verdict GO with waivers" in res.stdout, res.stdout + res.stderr
 
     m["waivers"]["applied"].append({"check": "db_tls", **GOOD})  # added by hand, no entry behind it
@@ -141,11 +197,15 @@ def test_a_waived_bundle_lists_the_waiver_in_manifest_report_and_summary_and_ver
 
     found = Findings()
     check_verdict(m, found)
-    assert any("applied waivers ['db_tls', 'overhead'] do not follow from its waiver entries" in f
-               for f in found.failures), found.failures
+    assert any(
+        "applied waivers ['db_tls', 'overhead'] do not follow from its waiver entries" in f
+        for f in found.failures
+    ), found.failures
 
 
-def test_validate_with_waivers_for_every_failure_is_go_with_waivers_and_after_expiry_no_go(tmp_path: Path) -> None:
+def test_validate_with_waivers_for_every_failure_is_go_with_waivers_and_after_expiry_no_go(
+    tmp_path: Path,
+) -> None:
     """Two real runs against a loopback target where nothing listens: all eight checks fail."""
     valid, expired = tmp_path / "valid.yml", tmp_path / "expired.yml"
     valid.write_text(yaml.safe_dump({c: {**GOOD, "expires": "2999-12-31"} for c in IDS}))
@@ -163,4 +223,6 @@ def test_validate_with_waivers_for_every_failure_is_go_with_waivers_and_after_ex
     m = json.loads((tmp_path / "b" / "evidence" / "manifest.json").read_text())
     assert m["verdict"] == "NO-GO" and m["waivers"]["applied"] == []
     assert all(i["reason"].startswith("expired on 2000-01-01") for i in m["waivers"]["ignored"])
-    assert "- Ignored: `overhead`: expired on 2000-01-01" in (tmp_path / "b" / "evidence" / SUMMARY).read_text()
+    assert (
+        "- Ignored: `overhead`: expired on 2000-01-01" in (tmp_path / "b" / "evidence" / SUMMARY).read_text()
+    )

@@ -6,6 +6,7 @@ run that wrote no manifest still reports its verdict (NO-GO) and time, so an ale
 ``poc1_acceptance_last_run_timestamp_seconds`` or on ``poc1_acceptance_verdict{verdict="NO-GO"} == 1``
 works either way.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,22 +54,39 @@ def _number(value: Any) -> float | None:
 def registry_of(status: Status) -> CollectorRegistry:
     reg = CollectorRegistry()
     t = status.target
-    verdict = Gauge("poc1_acceptance_verdict", "Verdict of the last acceptance run (1 = the current one)",
-                    ["target", "verdict"], registry=reg)
+    verdict = Gauge(
+        "poc1_acceptance_verdict",
+        "Verdict of the last acceptance run (1 = the current one)",
+        ["target", "verdict"],
+        registry=reg,
+    )
     for v in rule.VERDICTS:
         verdict.labels(t, v).set(1 if status.verdict == v else 0)
-    Gauge("poc1_acceptance_last_run_timestamp_seconds", "When the last acceptance run finished (Unix time)",
-          ["target"], registry=reg).labels(t).set(status.finished)
-    Gauge("poc1_acceptance_run_info", "Run id of the last acceptance run", ["target", "run_id"],
-          registry=reg).labels(t, status.run_id or "none").set(1)
+    Gauge(
+        "poc1_acceptance_last_run_timestamp_seconds",
+        "When the last acceptance run finished (Unix time)",
+        ["target"],
+        registry=reg,
+    ).labels(t).set(status.finished)
+    Gauge(
+        "poc1_acceptance_run_info", "Run id of the last acceptance run", ["target", "run_id"], registry=reg
+    ).labels(t, status.run_id or "none").set(1)
     manifest = status.manifest or {}
     decision = rule.decide_manifest(manifest) if manifest else None
     if decision is not None:
         outcomes = {c.get("id"): c.get("outcome") for c in manifest.get("checks") or []}
-        check = Gauge("poc1_acceptance_check_outcome", "Outcome of each registered check (1 = this outcome)",
-                      ["target", "check", "outcome"], registry=reg)
-        waived = Gauge("poc1_acceptance_check_waived", "1 when the check's failure is covered by a waiver",
-                       ["target", "check"], registry=reg)
+        check = Gauge(
+            "poc1_acceptance_check_outcome",
+            "Outcome of each registered check (1 = this outcome)",
+            ["target", "check", "outcome"],
+            registry=reg,
+        )
+        waived = Gauge(
+            "poc1_acceptance_check_waived",
+            "1 when the check's failure is covered by a waiver",
+            ["target", "check"],
+            registry=reg,
+        )
         for cid in rule.required_of(manifest):
             now = outcomes.get(cid) or "not_run"
             for o in OUTCOMES:
@@ -77,27 +95,42 @@ def registry_of(status: Status) -> CollectorRegistry:
     d = _details(manifest, "overhead")
     added, ci = _number(d.get("added_p95_ms")), d.get("added_p95_ci_ms")
     if added is not None:
-        g = Gauge("poc1_acceptance_overhead_added_p95_seconds",
-                  "Added client latency p95 of DB logging (check 6), point and 95% CI bounds",
-                  ["target", "bound"], registry=reg)
+        g = Gauge(
+            "poc1_acceptance_overhead_added_p95_seconds",
+            "Added client latency p95 of DB logging (check 6), point and 95% CI bounds",
+            ["target", "bound"],
+            registry=reg,
+        )
         g.labels(t, "point").set(added / 1000)
         if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
             g.labels(t, "low").set(ci[0] / 1000)
             g.labels(t, "high").set(ci[1] / 1000)
     lag = _number(d.get("durability_lag_p95_ms"))
     if lag is not None:
-        Gauge("poc1_acceptance_durability_lag_p95_seconds", "Answer-to-row lag p95 (check 6)", ["target"],
-              registry=reg).labels(t).set(lag / 1000)
+        Gauge(
+            "poc1_acceptance_durability_lag_p95_seconds",
+            "Answer-to-row lag p95 (check 6)",
+            ["target"],
+            registry=reg,
+        ).labels(t).set(lag / 1000)
     rps = d.get("throughput_rps") or {}
     if any(_number(v) is not None for v in rps.values()):
-        g = Gauge("poc1_acceptance_throughput_requests_per_second",
-                  "Throughput at fixed concurrency (check 6), logging on and off", ["target", "arm"], registry=reg)
+        g = Gauge(
+            "poc1_acceptance_throughput_requests_per_second",
+            "Throughput at fixed concurrency (check 6), logging on and off",
+            ["target", "arm"],
+            registry=reg,
+        )
         for arm, v in rps.items():
             if _number(v) is not None:
                 g.labels(t, arm).set(v)
     if status.regression:
-        alarm = Gauge("poc1_acceptance_regression_alarm", "1 when a scheduled run raised this alarm",
-                      ["target", "kind"], registry=reg)
+        alarm = Gauge(
+            "poc1_acceptance_regression_alarm",
+            "1 when a scheduled run raised this alarm",
+            ["target", "kind"],
+            registry=reg,
+        )
         kinds = {k for k, _ in status.alarms}
         for kind in ALARM_KINDS:
             alarm.labels(t, kind).set(1 if kind in kinds else 0)
@@ -137,12 +170,15 @@ def nagios(status: Status) -> tuple[str, int]:
     text += f" (run {status.run_id or 'none'}, target {status.target})"
     text = " ".join(text.split())
     if len(text) > LINE_CHARS:
-        text = text[:LINE_CHARS - 3] + "..."
+        text = text[: LINE_CHARS - 3] + "..."
     perf = []
     if decision is not None:
         n = decision.total
-        perf += [f"checks_passed={len(decision.passed)};;;0;{n}", f"checks_waived={len(decision.waived)};;;0;{n}",
-                 f"checks_failed={len(decision.failed) + len(decision.not_run)};;;0;{n}"]
+        perf += [
+            f"checks_passed={len(decision.passed)};;;0;{n}",
+            f"checks_waived={len(decision.waived)};;;0;{n}",
+            f"checks_failed={len(decision.failed) + len(decision.not_run)};;;0;{n}",
+        ]
     added = _number(_details(manifest, "overhead").get("added_p95_ms"))
     if added is not None:
         perf.append(f"overhead_added_p95={added}ms")

@@ -281,7 +281,8 @@ def read_bundle(evidence_dir: Path, suite_rc: int, log_path: Path) -> BundleFact
               if c.get("outcome") not in ("passed",) and c.get("cause")]
     verdict, cause = rule.decide_manifest(m).verdict, "; ".join(failed) or None
     if m.get("verdict") != verdict:
-        verdict, cause = rule.NO_GO, f"manifest.json records {m.get('verdict')!r} but the rule gives {verdict}"
+        cause = f"manifest.json records {m.get('verdict')!r} but the rule gives {verdict}"
+        verdict = rule.NO_GO
     validation = read_validation(evidence_dir)
     if validation is not None and not rule.is_go(validation["verdict"]):
         if validation.get("cause"):
@@ -522,10 +523,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=shlex.split(_env("POC1_REGRESSION_SUITE_ARGS", "")),
                    help="extra argument passed to tools.validate (repeatable) [$POC1_REGRESSION_SUITE_ARGS]")
     p.add_argument("--prom-file", type=Path, default=_env("POC1_PROM_FILE", "") or None,
-                   help="write a Prometheus textfile of the run here (a directory: poc1_acceptance.prom in it) "
-                        "for node_exporter's textfile collector [$POC1_PROM_FILE]")
+                   help="write a Prometheus textfile of the run here (a directory: poc1_acceptance.prom "
+                        "in it) for node_exporter's textfile collector [$POC1_PROM_FILE]")
     p.add_argument("--nagios", action="store_true",
-                   help="one Nagios-style status line on stdout, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN")
+                   help="one Nagios-style status line on stdout, exit 0 OK / 1 WARNING / 2 CRITICAL / "
+                        "3 UNKNOWN")
     args = p.parse_args(argv)
     if args.keep < 1 or args.baseline_window < 1 or args.baseline_min_runs < 1:
         p.error("--keep, --baseline-window and --baseline-min-runs must be >= 1")

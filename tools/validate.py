@@ -154,7 +154,8 @@ def judge(evidence: Path, not_before: float = 0.0) -> Judgement:
     failing = [f"{r.id}: {r.shown}" + (f": {r.cause}" if r.cause else "") for r in rows if r.shown != "PASS"]
     decision = rule.decide_manifest(manifest)
     if manifest.get("verdict") != decision.verdict:
-        failing.append(f"{MANIFEST} records {manifest.get('verdict')!r} but the rule gives {decision.verdict}")
+        failing.append(f"{MANIFEST} records {manifest.get('verdict')!r} but the rule gives "
+                       f"{decision.verdict}")
         return Judgement(rule.NO_GO, manifest.get("run_id"), failing, None, manifest)
     return Judgement(decision.verdict, manifest.get("run_id"), failing, None, manifest)
 
@@ -201,7 +202,8 @@ def pack(evidence: Path, run_id: str) -> Path:
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", default=EMBEDDED_GROUP, help="inventory group (default: local, the embedded lab)")
+    parser.add_argument("--hosts", default=EMBEDDED_GROUP,
+                        help="inventory group (default: local, the embedded lab)")
     parser.add_argument("--evidence-dir", type=Path, default=DEFAULT_EVIDENCE,
                         help="bundle directory (default: POC-1/evidence)")
     parser.add_argument("--inventory", type=Path, default=REPO / "hosts.yml")

@@ -17,6 +17,7 @@ each failure one line naming the file:
 
 Exit codes: 0 everything holds; 1 at least one failure (listed); 2 BUNDLE is not a bundle at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,16 @@ from typing import Any, Iterator, Sequence
 from evidence_writers import seal, summary
 from evidence_writers import verdict as rule
 from evidence_writers import waivers as waiver_file
-from evidence_writers.bundle import MANIFEST, REPORT, SIGNATURE, STATEMENT, SUMMARY, SUMS, UNSIGNED, sha256_file
+from evidence_writers.bundle import (
+    MANIFEST,
+    REPORT,
+    SIGNATURE,
+    STATEMENT,
+    SUMMARY,
+    SUMS,
+    UNSIGNED,
+    sha256_file,
+)
 from evidence_writers.redaction import Redactor
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
@@ -76,7 +86,12 @@ def opened(bundle: Path, found: Findings) -> Iterator[Path]:
                 parts = PurePosixPath(member.name).parts
                 if member.isdir() and parts == (TAR_PREFIX,):
                     continue
-                if not member.isreg() or len(parts) != 2 or parts[0] != TAR_PREFIX or parts[1].startswith("."):
+                if (
+                    not member.isreg()
+                    or len(parts) != 2
+                    or parts[0] != TAR_PREFIX
+                    or parts[1].startswith(".")
+                ):
                     found.fail(member.name, f"not a plain file under {TAR_PREFIX}/ in the tarball")
                     continue
                 data = tar.extractfile(member)
@@ -133,22 +148,34 @@ def check_manifest_artifacts(directory: Path, manifest: dict[str, Any], found: F
 def check_verdict(manifest: dict[str, Any], found: Findings) -> rule.Decision:
     decision = rule.decide_manifest(manifest)
     if manifest.get("verdict") != decision.verdict:
-        found.fail(MANIFEST, f"verdict {manifest.get('verdict')!r} does not follow from its checks: the rule "
-                             f"gives {decision.verdict} ({decision.basis})")
+        found.fail(
+            MANIFEST,
+            f"verdict {manifest.get('verdict')!r} does not follow from its checks: the rule "
+            f"gives {decision.verdict} ({decision.basis})",
+        )
     section = manifest.get("waivers")
     if isinstance(section, dict):
         outcomes = {str(c.get("id")): c.get("outcome") for c in manifest.get("checks") or []}
-        applied, _ = waiver_file.apply(waiver_file.entries_of(section), outcomes, rule.required_of(manifest),
-                                       waiver_file.run_date(manifest.get("started")))
+        applied, _ = waiver_file.apply(
+            waiver_file.entries_of(section),
+            outcomes,
+            rule.required_of(manifest),
+            waiver_file.run_date(manifest.get("started")),
+        )
         recorded = sorted(w.get("check") for w in section.get("applied") or [])
         if sorted(w["check"] for w in applied) != recorded:
-            found.fail(MANIFEST, f"applied waivers {recorded} do not follow from its waiver entries "
-                                 f"(expected {sorted(w['check'] for w in applied)})")
+            found.fail(
+                MANIFEST,
+                f"applied waivers {recorded} do not follow from its waiver entries "
+                f"(expected {sorted(w['check'] for w in applied)})",
+            )
     from acceptance import registry
 
     if rule.required_of(manifest) != [c.id for c in registry.CHECKS]:
-        found.notes.append(f"{MANIFEST}: judged against its own check list "
-                           f"({', '.join(rule.required_of(manifest))}), not this suite's registry")
+        found.notes.append(
+            f"{MANIFEST}: judged against its own check list "
+            f"({', '.join(rule.required_of(manifest))}), not this suite's registry"
+        )
     return decision
 
 
@@ -179,7 +206,9 @@ def check_statement(directory: Path, files: list[str], manifest: dict[str, Any],
     pred = st.get("predicate") or {}
     for key in ("result", "passedTests", "warnedTests", "failedTests", "configuration"):
         if pred.get(key) != expected[key]:
-            found.fail(STATEMENT, f"predicate {key} {pred.get(key)!r} is not the manifest's ({expected[key]!r})")
+            found.fail(
+                STATEMENT, f"predicate {key} {pred.get(key)!r} is not the manifest's ({expected[key]!r})"
+            )
 
 
 def check_signature(directory: Path, allowed_signers: Path | None, found: Findings) -> str:
@@ -207,8 +236,21 @@ def check_signature(directory: Path, allowed_signers: Path | None, found: Findin
         if principal is None:
             found.fail(SIGNATURE, f"made by a key not in {allowed_signers}")
             return "untrusted"
-        proc = seal.ssh_keygen(["-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n",
-                                seal.NAMESPACE, "-s", str(sig)], data)
+        proc = seal.ssh_keygen(
+            [
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed_signers),
+                "-I",
+                principal,
+                "-n",
+                seal.NAMESPACE,
+                "-s",
+                str(sig),
+            ],
+            data,
+        )
         if proc.returncode != 0:
             found.fail(SIGNATURE, f"does not verify for {principal}: {seal._one_line(proc)}")
             return "bad"
@@ -231,8 +273,10 @@ def check_summary(directory: Path, manifest: dict[str, Any], found: Findings) ->
     expected = Redactor().text(summary.render(manifest)).splitlines()
     actual = path.read_text(encoding="utf-8", errors="replace").splitlines()
     if expected != actual:
-        n = next((i for i, (a, b) in enumerate(zip(actual, expected), 1) if a != b), min(len(actual),
-                                                                                      len(expected)) + 1)
+        n = next(
+            (i for i, (a, b) in enumerate(zip(actual, expected), 1) if a != b),
+            min(len(actual), len(expected)) + 1,
+        )
         found.fail(SUMMARY, f"is not the summary of {MANIFEST} (first difference at line {n})")
 
 
@@ -310,8 +354,9 @@ class Result:
     signature: str = "not checked"
 
 
-def verify_directory(directory: Path, allowed_signers: Path | None = None,
-                     found: Findings | None = None) -> Result:
+def verify_directory(
+    directory: Path, allowed_signers: Path | None = None, found: Findings | None = None
+) -> Result:
     found = found or Findings()
     files = _files(directory, found)
     result = Result(found, files=len(files))
@@ -347,8 +392,12 @@ def verify(bundle: Path, allowed_signers: Path | None = None) -> Result:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.verify", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path, help="POC-1/evidence-<run>.tar.gz, or a bundle directory")
-    p.add_argument("--allowed-signers", type=Path, default=None,
-                   help="ssh-keygen allowed-signers file; the bundle must then be signed by one of them")
+    p.add_argument(
+        "--allowed-signers",
+        type=Path,
+        default=None,
+        help="ssh-keygen allowed-signers file; the bundle must then be signed by one of them",
+    )
     args = p.parse_args(argv)
     if args.allowed_signers is not None and not args.allowed_signers.is_file():
         print(f"verify: --allowed-signers {args.allowed_signers}: no such file", file=sys.stderr)
@@ -362,7 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"verify: note: {note}")
     for line in result.findings.failures:
         print(f"verify: FAIL {line}")
-    what = f"run {result.run_id}, verdict {result.verdict}, {result.files} files, signature: {result.signature}"
+    what = (
+        f"run {result.run_id}, verdict {result.verdict}, {result.files} files, signature: {result.signature}"
+    )
     if result.findings.failures:
         print(f"verify: {args.bundle}: {len(result.findings.failures)} failure(s) ({what})")
         return EXIT_FAILED
