@@ -1,6 +1,6 @@
 """Root conftest: the acceptance suite's options, and its plugin for runs that collect acceptance/.
 
-    pytest --hosts=local                  # the six checks against the embedded lab (default group)
+    pytest --hosts=local                  # the acceptance checks against the embedded lab (default group)
     pytest tests                          # the project's own tests (no evidence is touched)
 """
 from __future__ import annotations
@@ -25,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Ansible-compatible YAML inventory (default: hosts.yml at the repository root)")
     group.addoption("--evidence-dir", default=str(ROOT / "POC-1" / "evidence"), metavar="DIR",
                     help="where the artifacts and manifest.json go; emptied at the start (default: POC-1/evidence)")
+    group.addoption("--unit-state", default=None, metavar="PATH",
+                    help="where check 1 keeps the gateway unit's start between runs, to fail a restart since "
+                         "the previous run (default: unit-state-GROUP.json beside the evidence dir)")
     group.addoption("--ssh-accept-new", action="store_true", default=False,
                     help="trust an unknown SSH host key on first use and add it to known_hosts "
                          "(a changed key is always refused)")

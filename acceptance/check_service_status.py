@@ -1,7 +1,9 @@
-"""Check 1: the gateway's systemd unit is active (running).
+"""Check 1: the gateway's systemd unit is active (running), and did not restart during the run or since
+the previous run (acceptance/unit_history.py). It runs last (acceptance/registry.py: RUN_ORDER).
 
 Artifact service_status.txt: ``systemctl status <unit> | head -n 20`` as the runbook shows it, the
-machine-readable ``systemctl show`` properties, and the parsed state, memory and uptime.
+machine-readable ``systemctl show`` properties, the parsed state, memory and uptime, and the unit's
+start at the run's start, now and at the previous run's end.
 """
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import shlex
 
 import pytest
 
-from acceptance import systemd
-from fixtures.context import CheckEvidence, Hosts
+from acceptance import systemd, unit_history
+from fixtures.context import CheckEvidence, Hosts, RunContext
 from fixtures.errors import CheckFailure
 from fixtures.inventory import Target
 
@@ -20,7 +22,8 @@ PROPS = ("LoadState", "ActiveState", "SubState", "Result", "MainPID", "NRestarts
          "ActiveEnterTimestamp", "ExecMainStartTimestamp", "InvocationID", "FragmentPath")
 
 
-def test_service_status(target: Target, hosts: Hosts, evidence: CheckEvidence) -> None:
+def test_service_status(request: pytest.FixtureRequest, target: Target, hosts: Hosts, run: RunContext,
+                        evidence: CheckEvidence) -> None:
     doc = evidence.text("service_status.txt")
     unit = str(target.vars["gateway_service"])
     gw = target.gateway
@@ -61,9 +64,27 @@ def test_service_status(target: Target, hosts: Hosts, evidence: CheckEvidence) -
     evidence.details.update(parsed)
     doc.section("parsed", [f"{k}: {v}" for k, v in parsed.items()])
 
+    history_causes: list[str] = []
+    if props.get("LoadState") != "not-found":
+        now_reading = unit_history.UnitReading.read(session, unit, run.run_id)
+        start = request.config.stash.get(unit_history.BASELINE_KEY, None)
+        path = unit_history.state_path(request.config.getoption("unit_state"), run.evidence_dir, target.group)
+        previous = unit_history.load_previous(path, gw.name)
+        history_causes, notes = unit_history.judge(now_reading, start, previous, f"gateway {gw.address}")
+        if now_reading.invocation_id:
+            unit_history.save(path, gw.name, now_reading)
+        history = {"at_run_start": start if isinstance(start, str) else getattr(start, "__dict__", None),
+                   "now": now_reading.__dict__, "previous_run": previous.__dict__ if previous else None,
+                   "state_file": str(path), "notes": notes}
+        evidence.details["history"] = history
+        doc.section("restarts (NRestarts, InvocationID at the run's start, now, and at the previous run)",
+                    [f"{k}: {v}" for k, v in history.items()])
+
     if props.get("LoadState") == "not-found":
         raise CheckFailure(f"unit {unit} not found on gateway {gw.address}")
     if (props.get("ActiveState"), props.get("SubState")) != ("active", "running"):
         raise CheckFailure(
             f"{unit} on gateway {gw.address} is {props.get('ActiveState')} ({props.get('SubState')}), "
             f"expected active (running); Result={props.get('Result')}, NRestarts={props.get('NRestarts')}")
+    if history_causes:
+        raise CheckFailure("; ".join(history_causes))

@@ -1,7 +1,8 @@
 """What the acceptance checks must read before the first check runs.
 
 logger_metrics reports the logger's pool reuse during this run: the difference between a reading of the
-metrics taken here, at the start of the session, and its own reading after the benchmark.
+metrics taken here, at the start of the session, and its own reading after the benchmark. service_status
+(which runs last) fails a unit that restarted during the run: it compares with the reading taken here.
 """
 
 from __future__ import annotations
@@ -20,3 +21,17 @@ def logger_metrics_baseline(request: pytest.FixtureRequest) -> None:
     from acceptance import check_logger_metrics
 
     check_logger_metrics.take_baseline(request.config, run.target, run.hosts)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unit_baseline(request: pytest.FixtureRequest) -> None:
+    run = request.config.stash.get(RUN_KEY, None)
+    if run is None or not any(check_id(item) == "service_status" for item in request.session.items):
+        return
+    from acceptance import unit_history
+
+    try:
+        request.config.stash[unit_history.BASELINE_KEY] = unit_history.UnitReading.read(
+            run.hosts.gateway, str(run.target.vars["gateway_service"]), run.run_id)
+    except Exception as exc:  # noqa: BLE001 - never fails the run here: check 1 says what it could not read
+        request.config.stash[unit_history.BASELINE_KEY] = str(exc).splitlines()[0][:200] or type(exc).__name__

@@ -63,3 +63,58 @@ def test_lost_response_rows_fail_checks_5_and_6(tmp_path: Path, embedded_lab) ->
     assert_fails(run, "join_check", r"\d+ of this run's calls have no response row")
     assert_fails(run, "join_check", r"request\(s\) written in this run's window have no response row")
     assert_fails(run, "overhead", r"every logged request has exactly one response row \d+ of \d+")
+
+
+def _gateway(cmd: str) -> str:
+    import lab
+
+    return lab.exec("gateway", cmd, timeout=90).stdout.strip()
+
+
+def test_gateway_that_crashed_and_was_restarted_by_systemd_fails_check_1(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """active (running) again by the time anyone looks: only NRestarts tells."""
+    from tests.support.lab_unit import gateway_unit, wait_gateway_answers
+
+    _gateway("kill -9 $(systemctl show -p MainPID --value litellm-gateway)")
+    try:
+        wait_gateway_answers()
+        assert _gateway("systemctl show -p NRestarts --value litellm-gateway") == "1"
+        run = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", timeout=120)
+    finally:
+        gateway_unit("restart")  # a start by hand resets NRestarts
+    assert _gateway("systemctl show -p NRestarts --value litellm-gateway") == "0"
+    assert_fails(run, "service_status", r"^litellm-gateway on gateway 10\.231\.0\.18 restarted itself 1 time\(s\) "
+                                        r"since its last start by hand \(NRestarts=1; .*\): it crashed$")
+
+
+def test_gateway_restarted_during_the_run_fails_check_1(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """Restarted while check 6 runs (so the run's start and end readings differ)."""
+    import threading
+
+    from tests.support.lab_unit import wait_gateway_answers
+
+    restart = threading.Timer(6.0, lambda: _gateway("systemctl restart litellm-gateway"))
+    restart.start()
+    try:
+        run = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", CHECK_6,
+                        "--overhead-pairs=60", timeout=300)
+    finally:
+        restart.cancel()
+        restart.join()
+        wait_gateway_answers()
+    assert_fails(run, "service_status", r"^litellm-gateway on gateway 10\.231\.0\.18 restarted during this run "
+                                        r"\(started .* at the run's start, .* at its end\)$")
+
+
+def test_gateway_restarted_since_the_previous_run_fails_check_1(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    from tests.support.lab_unit import gateway_unit
+
+    first = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", timeout=120)
+    assert first.check("service_status")["outcome"] == "passed", first.check("service_status")
+    first_run = first.manifest["run_id"]  # read now: the next run reuses the evidence dir
+    gateway_unit("restart")
+    second = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", timeout=120)
+    assert_fails(second, "service_status", r"^litellm-gateway on gateway 10\.231\.0\.18 restarted since the "
+                                           rf"previous run {first_run} \(started .* then, .* now\)$")
+    third = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", timeout=120)
+    assert third.check("service_status")["outcome"] == "passed"  # said once: the new start is now the record
