@@ -29,7 +29,7 @@ STATUS = {
 }
 _MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*[]<|"})
 #: recorded details that identify rather than measure (kept in the manifest, left out of the summary)
-_IDENTIFIERS = ("_id", "_ids", "_pk", "histogram", "memory_source", "logger_last")
+_IDENTIFIERS = ("_id", "_ids", "_pk", "histogram", "memory_source", "logger_last", "level", "resamples")
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,12 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "overhead",
+        "capacity_added_ms",
+        "Gateway time added per logged request (capacity)",
+        "saturated ABBA groups, logging on vs off, 95% t-interval",
+    ),
+    Metric(
+        "overhead",
         "durability_lag_p95_ms",
         "Durability lag p95 (response -> row)",
         "row created_at minus answer time, clock offset corrected",
@@ -188,6 +194,13 @@ def fmt(value: Any, unit: str = "") -> str:
     if isinstance(value, list):
         return ", ".join(fmt(v) for v in value) or "none"
     return f"{value}{unit}"
+
+
+def interval(value: Any, unit: str = " ms") -> str | None:
+    """A recorded {point, low, high} as "point ms (95% CI low .. high ms)"; None if it is not one."""
+    if isinstance(value, Mapping) and all(k in value for k in ("point", "low", "high")):
+        return f"{value['point']}{unit} (95% CI {value['low']} .. {value['high']}{unit})"
+    return None
 
 
 def ratio(value: Any) -> str:
@@ -271,6 +284,8 @@ def key_metrics(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
         if m.path == "added_p95_ms" and isinstance(details.get("added_p95_ci_ms"), list):
             low, high = details["added_p95_ci_ms"][:2]
             shown = f"{value} ms (95% CI {low} .. {high} ms)"
+        elif interval(value) is not None:
+            shown = str(interval(value))
         else:
             shown = ratio(value) if m.path.endswith("reuse_ratio") else fmt(value, m.unit)
         out.append(
@@ -298,6 +313,7 @@ def performance(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "lag": details.get("durability_lag_p95_ms"),
         "rps": details.get("throughput_rps") or {},
         "requests": details.get("requests"),
+        "capacity": interval(details.get("capacity_added_ms")),
         "evidence": _evidence(manifest, "overhead", rec),
     }
 
@@ -322,7 +338,12 @@ def risks(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
             None
             if added is None
             else f"added p95 {added} ms"
-            + (f" (95% CI {ci[0]} .. {ci[1]} ms)" if isinstance(ci, list) else ""),
+            + (f" (95% CI {ci[0]} .. {ci[1]} ms)" if isinstance(ci, list) else "")
+            + (
+                f"; capacity: {cap} per logged request"
+                if (cap := interval(d("overhead", "capacity_added_ms")))
+                else ""
+            ),
         )
     )
     counts = [

@@ -81,6 +81,9 @@ def test_a_go_summary_reads_like_the_seed_with_this_runs_figures(tmp_path: Path)
         f"{overhead['added_p95_ms']} ms (95% CI {low} .. {high} ms)"
     )
     assert metrics["Throughput, logging on"][1] == "73.2 req/s"
+    cap = overhead["capacity_added_ms"]
+    assert metrics["Gateway time added per logged request (capacity)"][1] == (
+        f"{cap['point']} ms (95% CI {cap['low']} .. {cap['high']} ms)")
     assert metrics["Tokens logged for the streamed call"][1] == "11"
     assert metrics["DB pool reuse during this run"][1] == "1.0 (100.0 %)"
     manifest_text = json.dumps(m)

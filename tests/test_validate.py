@@ -261,3 +261,25 @@ def test_a_bundle_holding_a_secret_is_refused_and_validation_json_says_so(tmp_pa
     doc = json.loads((tmp_path / "evidence" / "validation.json").read_text())
     assert doc["verdict"] == "NO-GO" and doc["cause"].startswith("a secret of group nowhere is in ")
     assert not list(tmp_path.glob("evidence-*.tar.gz"))
+
+
+def test_the_textfile_carries_check_6s_figures_from_the_manifest(tmp_path: Path) -> None:
+    from tests.support.evidence_bundles import build_bundle
+    from tools import monitoring
+
+    manifest = build_bundle(tmp_path / "evidence", outcomes={"db_tls": "failed"})
+    status = monitoring.Status(target="local", verdict=manifest["verdict"], run_id=manifest["run_id"],
+                               manifest=manifest, finished=1_796_000_000.0)
+    path = monitoring.write_textfile(tmp_path / "poc1.prom", status)
+    prom = _prom(path)
+    details = next(c for c in manifest["checks"] if c["id"] == "overhead")["details"]
+    local = ("target", "local")
+    added = prom[("poc1_acceptance_overhead_added_p95_seconds", (("bound", "point"), local))]
+    assert added == pytest.approx(details["added_p95_ms"] / 1000)
+    high = prom[("poc1_acceptance_capacity_added_per_request_seconds", (("bound", "high"), local))]
+    assert high == pytest.approx(details["capacity_added_ms"]["high"] / 1000)
+    assert prom[("poc1_acceptance_throughput_requests_per_second", (("arm", "logged"), local))] == 73.2
+    assert prom[("poc1_acceptance_check_outcome", (("check", "db_tls"), ("outcome", "failed"), local))] == 1
+    assert prom[("poc1_acceptance_verdict", (local, ("verdict", "NO-GO")))] == 1
+    assert prom[("poc1_acceptance_last_run_timestamp_seconds", (local,))] == 1_796_000_000.0
+    assert not [k for k in prom if k[0].startswith("poc1_acceptance_regression_alarm")]  # validate raises none

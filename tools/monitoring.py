@@ -105,6 +105,16 @@ def registry_of(status: Status) -> CollectorRegistry:
         if isinstance(ci, list) and len(ci) == 2 and all(_number(v) is not None for v in ci):
             g.labels(t, "low").set(ci[0] / 1000)
             g.labels(t, "high").set(ci[1] / 1000)
+    cap = d.get("capacity_added_ms")
+    if isinstance(cap, Mapping) and all(_number(cap.get(k)) is not None for k in ("point", "low", "high")):
+        g = Gauge(
+            "poc1_acceptance_capacity_added_per_request_seconds",
+            "Gateway time added per logged request at saturation (check 6), point and 95% CI bounds",
+            ["target", "bound"],
+            registry=reg,
+        )
+        for bound, key in (("point", "point"), ("low", "low"), ("high", "high")):
+            g.labels(t, bound).set(cap[key] / 1000)
     lag = _number(d.get("durability_lag_p95_ms"))
     if lag is not None:
         Gauge(
