@@ -118,3 +118,48 @@ def test_gateway_restarted_since_the_previous_run_fails_check_1(tmp_path: Path, 
                                            rf"previous run {first_run} \(started .* then, .* now\)$")
     third = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", timeout=120)
     assert third.check("service_status")["outcome"] == "passed"  # said once: the new start is now the record
+
+
+#: no check may take longer than this against a host that stops answering (its own bound is below it)
+SILENT_HOST_BOUND_S = 25.0
+CHECKS_1_TO_5 = tuple(f"acceptance/check_{c}.py" for c in
+                      ("service_status", "gateway_db_connect", "chat_call", "db_rows", "join_check"))
+
+
+def test_gateway_sshd_that_stops_answering_fails_checks_1_and_2_within_their_bound(  # noqa: ANN001
+        tmp_path: Path, embedded_lab) -> None:
+    """sshd SIGSTOPped: the TCP port still accepts, no banner ever comes."""
+    _gateway("pkill -STOP -x sshd")
+    try:
+        run = run_suite(tmp_path / "evidence", *CHECKS_1_TO_5, timeout=240)
+    finally:
+        _gateway("pkill -CONT -x sshd")
+    for check_id in ("service_status", "gateway_db_connect"):
+        cause = assert_fails(run, check_id, r"ssh gateway \(10\.231\.0\.18:22\): no answer from sshd within 5 s "
+                                            r"\(the port accepts, the SSH banner never came: sshd stopped or hung\)")
+        assert len(cause.splitlines()) == 1
+    for c in run.manifest["checks"]:
+        assert c["duration_s"] <= SILENT_HOST_BOUND_S, c
+    assert run.check("chat_call")["outcome"] == "passed"  # the gateway itself still answers
+
+
+def test_frozen_postgresql_fails_the_database_checks_within_their_bound(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """Every PostgreSQL process SIGSTOPped: connections are accepted by the kernel and never answered."""
+    import lab
+
+    from tests.support.lab_unit import wait_gateway_answers
+
+    lab.exec("db", "pkill -STOP -u postgres", timeout=30)
+    try:
+        run = run_suite(tmp_path / "evidence", *CHECKS_1_TO_5, timeout=240)
+    finally:
+        lab.exec("db", "pkill -CONT -u postgres", timeout=30)
+        wait_gateway_answers()
+    for check_id in ("gateway_db_connect", "db_rows", "join_check"):
+        cause = assert_fails(run, check_id, r"database poc1_reader@10\.231\.0\.19:5432/litellm_db: .*"
+                                            r"(timeout expired|no answer within \d+ s)")
+        assert len(cause.splitlines()) == 1
+    for c in run.manifest["checks"]:
+        assert c["duration_s"] <= SILENT_HOST_BOUND_S, c
+    print("\n" + "\n".join(f"  {c['outcome']:7} {c['id']:19} {c['duration_s']:5.2f} s  {c['cause'] or ''}"
+                           for c in run.manifest["checks"]))
