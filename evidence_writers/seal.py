@@ -10,7 +10,6 @@ recomputes SHA256SUMS. Unsigned, the bundle is tamper-evident against accidents 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -175,6 +174,3 @@ def key_fingerprint(key: Path) -> str:
     parts = proc.stdout.split()
     return parts[1] if proc.returncode == 0 and len(parts) > 1 else "an SSH key"
 
-
-def statement_digest(directory: Path) -> str:
-    return hashlib.sha256((directory / STATEMENT).read_bytes()).hexdigest()

@@ -219,7 +219,8 @@ def test_go_only_when_every_implemented_check_ran_and_passed() -> None:
 def test_manifest_keeps_the_contract_keys() -> None:
     m = build_manifest(run_id="r", started="s", finished="f", target="local",
                        hosts={"gateway": "a", "db": "b"}, checks=_checks(service_status="passed"),
-                       required=["service_status"], missing=["overhead"], artifacts=[], versions={"b": 2, "a": 1})
+                       required=["service_status"], missing=["overhead"], artifacts=[],
+                       versions={"b": 2, "a": 1})
     for key in ("run_id", "started", "finished", "target", "hosts", "verdict", "checks", "artifacts",
                 "versions", "versions_digest"):
         assert key in m
