@@ -8,10 +8,11 @@ TEST_ARGS ?=
 
 .PHONY: help deps validate regression verify test test-fast bench lab-up lab-down lab-status clean
 REGRESSION_ARGS ?=
+VALIDATE_ARGS ?=
 VERIFY_ARGS ?=
 
 help:
-	@echo "make validate [HOSTS=local|lab]  run the six acceptance checks, write POC-1/evidence/ + report.html"
+	@echo "make validate [HOSTS=local|lab]  run the acceptance checks, write POC-1/evidence/ + report.html"
 	@echo "make test                        install everything, bring up the embedded lab, run the project's tests"
 	@echo "make regression [HOSTS=lab]      scheduled-style run: POC-1/runs/<run>/, history.jsonl, trend page, alarms"
 	@echo "make verify BUNDLE=path          check a bundle (tarball or directory) offline [VERIFY_ARGS=...]"
@@ -31,7 +32,7 @@ deps:
 	@rm -f build-requirements.txt
 
 validate: deps
-	$(PY) -m tools.validate --hosts $(HOSTS)
+	$(PY) -m tools.validate --hosts $(HOSTS) $(VALIDATE_ARGS)
 
 regression: deps
 	$(PY) -m tools.regression --hosts $(HOSTS) $(REGRESSION_ARGS)
