@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from evidence_writers.redaction import clip
 from fixtures.context import CallRecord, CheckEvidence, RunContext
 from fixtures.errors import CheckFailure, failing_as, one_line
 from fixtures.inventory import Target
@@ -58,7 +59,7 @@ def error_text(payload: object, raw: str) -> str:
         return str(payload["error"].get("message") or payload["error"])
     if isinstance(payload, dict) and "detail" in payload:
         return str(payload["detail"])
-    return raw[:200]
+    return clip(raw, 200)
 
 
 def _refusal_hint(status: int, message: str, key_env: str) -> str:
@@ -101,7 +102,7 @@ def plain_call(target: Target, client: httpx.Client, doc: Any) -> CallRecord:
     try:
         payload: object = resp.json()
     except ValueError:
-        payload = raw[:MAX_BODY_CHARS]
+        payload = clip(raw, MAX_BODY_CHARS)
     record.call_id, record.request_id = resp.headers.get(CALL_ID_HEADER), resp.headers.get(REQUEST_ID_HEADER)
     record.status = resp.status_code
     doc["response"] = {"status": resp.status_code, "reason": resp.reason_phrase,
@@ -137,7 +138,7 @@ def read_events(resp: httpx.Response, t0: float) -> tuple[list[dict[str, Any]], 
         try:
             parsed: object = json.loads(data) if data != "[DONE]" else "[DONE]"
         except ValueError:
-            parsed = data[:500]
+            parsed = clip(data, 500)
         choices = parsed.get("choices") or [] if isinstance(parsed, dict) else []
         if first_token_ms is None and any(
                 isinstance(c, dict) and (c.get("delta") or {}).get("content") for c in choices):
@@ -192,7 +193,7 @@ def streamed_call(target: Target, client: httpx.Client, doc: Any) -> CallRecord:
     doc["response"] = {"status": resp.status_code, "headers": dict(resp.headers),
                        "events": events[:MAX_EVENTS_KEPT], "events_received": len(events)}
     if resp.status_code != 200:
-        doc["response"]["body"] = resp.text[:MAX_BODY_CHARS]
+        doc["response"]["body"] = clip(resp.text, MAX_BODY_CHARS)
     doc.data.update(call_id=record.call_id, request_id=record.request_id, completion=text, usage=usage,
                finish_reason=finish, done_marker=done, time_to_first_token_ms=first_ms, total_ms=total_ms)
     record.cause = None
@@ -201,7 +202,7 @@ def streamed_call(target: Target, client: httpx.Client, doc: Any) -> CallRecord:
         try:
             message = error_text(json.loads(resp.text), resp.text)
         except ValueError:
-            message = resp.text[:200]
+            message = clip(resp.text, 200)
         record.cause = one_line(f"POST {url} (stream): HTTP {resp.status_code}: {message}"
                                 f"{_refusal_hint(resp.status_code, message, key_env)}")
     elif not content_type.startswith("text/event-stream"):

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from acceptance import queries
+from evidence_writers.redaction import active
 from evidence_writers.writers import render_table
 from fixtures.context import CheckEvidence, Hosts
 from fixtures.database import ReaderDb
@@ -110,7 +111,7 @@ def test_db_tls(target: Target, hosts: Hosts, db: ReaderDb, evidence: CheckEvide
                                queries.tls_of_sessions(user, dbname))
         own = conn.execute(queries.tls_of_this_session()).first()
     sessions = [Session.of(r) for r in found.rows]
-    doc.add(render_table(found))
+    doc.add(render_table(found, active()))
     doc.section("per session", [s.line() for s in sessions] or ["(no session)"])
     doc.section("for the reader", [
         f"this probe ({reader} from the runner): "

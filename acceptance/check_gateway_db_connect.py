@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import bindparam, text
 
 from acceptance import systemd
+from evidence_writers.redaction import active, clip
 from evidence_writers.writers import SqlResult, render_table
 from fixtures.context import CheckEvidence, Hosts
 from fixtures.database import ReaderDb
@@ -58,7 +59,7 @@ def journal_evidence(target: Target, hosts: Hosts, evidence: CheckEvidence) -> s
     if not lines:
         return f"no '{MARK} ...' line in the journal of {unit} since its last start"
     last = lines[-1].split(MARK, 1)[1].strip()
-    evidence.details["logger_last"] = last[:200]
+    evidence.details["logger_last"] = clip(last, 200)
     if not last.startswith(GOOD):
         return one_line(f"gateway_logger's latest connection line says: {last}", 200)
     return None
@@ -81,7 +82,7 @@ def probe_evidence(target: Target, db: ReaderDb, evidence: CheckEvidence) -> str
     doc.add(render_table(SqlResult(
         title=f"sessions of {user} on {dbname} (expected from the gateway {gateway_addr})",
         sql=str(SESSIONS_SQL), columns=["pid", "usename", "application_name", "client_addr", "state",
-                                        "backend_start"], rows=rows)))
+                                        "backend_start"], rows=rows), active()))
     from_gateway = [r for r in rows if r.client_addr and r.client_addr.split("/")[0] == gateway_addr]
     evidence.details["sessions_from_gateway"] = len(from_gateway)
     if read_only != "on":

@@ -29,9 +29,10 @@ def unit_baseline(request: pytest.FixtureRequest) -> None:
     if run is None or not any(check_id(item) == "service_status" for item in request.session.items):
         return
     from acceptance import unit_history
+    from evidence_writers.redaction import clip
 
     try:
         request.config.stash[unit_history.BASELINE_KEY] = unit_history.UnitReading.read(
             run.hosts.gateway, str(run.target.vars["gateway_service"]), run.run_id)
     except Exception as exc:  # noqa: BLE001 - never fails the run here: check 1 says what it could not read
-        request.config.stash[unit_history.BASELINE_KEY] = str(exc).splitlines()[0][:200] or type(exc).__name__
+        request.config.stash[unit_history.BASELINE_KEY] = clip(str(exc).splitlines()[0], 200) if str(exc) else type(exc).__name__

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from acceptance import systemd
+from evidence_writers.redaction import clip
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
 from fixtures.ssh import SshSession
@@ -70,7 +71,7 @@ def _wait_ready(session: SshSession, unit: str, url: str, deadline: float) -> No
             if active.stdout.strip() in ("failed", "inactive"):
                 journal = session.run(f"journalctl -u {shlex.quote(unit)} -n 3 --no-pager -o cat")
                 raise CheckFailure(one_line(f"control listener {unit} on {session.host.name} exited while "
-                                            f"starting: {journal.stdout.strip()[-300:]}"))
+                                            f"starting: {clip(journal.stdout.strip(), 300, keep='tail')}"))
             time.sleep(0.5)
     raise CheckFailure(f"control listener {unit} at {url}: not answering within {START_TIMEOUT_S:g} s ({last})")
 

@@ -3,6 +3,10 @@
 Why one place: an evidence bundle is shared with people who must not see the master key, the database
 passwords or a bearer token. Each writer calls ``Redactor.text`` on its final rendered text and then
 ``assert_clean`` (see writers.py), so no artifact can reach the disk without it.
+
+Why ``clip``: a value cut before it is redacted can keep a secret's first characters, which no later
+redaction recognises. Everything that shortens a text for evidence (cells, one-line causes, journal
+tails) goes through ``clip``, which redacts with the run's redactor (``use``) first, then cuts.
 """
 from __future__ import annotations
 
@@ -67,3 +71,26 @@ class Redactor:
         found = self.leaks(text)
         if found:
             raise SecretLeak(f"{where}: {len(found)} secret value(s) survived redaction; nothing written")
+
+
+_ACTIVE: Redactor = Redactor()
+
+
+def use(redactor: Redactor) -> None:
+    """Make ``redactor`` the one ``clip`` applies (the run's: set when the run context is made)."""
+    global _ACTIVE
+    _ACTIVE = redactor
+
+
+def active() -> Redactor:
+    return _ACTIVE
+
+
+def clip(text: str, limit: int, *, keep: str = "head", mark: str = "…") -> str:
+    """``text`` redacted, then cut to ``limit`` characters (``keep="tail"``: its end) with ``mark``."""
+    text = _ACTIVE.text(text)
+    if len(text) <= limit:
+        return text
+    if keep == "tail":
+        return mark + text[len(text) - limit + len(mark):]
+    return text[: limit - len(mark)] + mark

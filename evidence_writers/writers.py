@@ -113,7 +113,8 @@ class JsonWriter(EvidenceWriter):
         return json.dumps(content, indent=2, ensure_ascii=False, default=json_default) + "\n"
 
 
-def _cell(value: Any, truncate: bool) -> str:
+def _cell(value: Any, truncate: bool, redactor: Redactor | None = None) -> str:
+    """One table cell; redacted before it is cut (a cut secret would no longer be recognised)."""
     if value is None:
         text = "NULL"
     elif isinstance(value, (dict, list)):
@@ -123,13 +124,13 @@ def _cell(value: Any, truncate: bool) -> str:
     else:
         text = str(value)
     text = text.replace("\n", "\\n")
-    if truncate and len(text) > MAX_CELL:
-        text = text[: MAX_CELL - 1] + "…"
-    return text
+    if redactor is not None:
+        text = redactor.text(text)
+    return text[: MAX_CELL - 1] + "…" if truncate and len(text) > MAX_CELL else text
 
 
-def render_table(result: SqlResult) -> str:
-    cells = [[_cell(v, result.truncate) for v in row] for row in result.rows]
+def render_table(result: SqlResult, redactor: Redactor | None = None) -> str:
+    cells = [[_cell(v, result.truncate, redactor) for v in row] for row in result.rows]
     widths = [len(c) for c in result.columns]
     for row in cells:
         for i, c in enumerate(row):
@@ -154,7 +155,7 @@ class SqlTableWriter(EvidenceWriter):
 
     def render(self, content: Any) -> str:
         blocks = [content] if isinstance(content, SqlResult) else list(content)
-        parts = [render_table(b) if isinstance(b, SqlResult) else str(b) for b in blocks]
+        parts = [render_table(b, self._redactor) if isinstance(b, SqlResult) else str(b) for b in blocks]
         return "\n\n".join(parts) + "\n"
 
 

@@ -294,3 +294,45 @@ def test_unreachable_target_fails_every_check_fast_leaves_every_artifact_and_no_
     chat = json.loads((evidence / "chat_call.json").read_text())
     assert "${T_NOWHERE_MASTER}" in chat["curl"]
     assert chat["request"]["headers"]["Authorization"] == "Bearer ***"
+
+
+# --- redaction before any truncation ---------------------------------------------------------------------
+
+def _prefixes(secret: str, shortest: int = 4) -> list[str]:
+    return [secret[:k] for k in range(shortest, len(secret) + 1)]
+
+
+def test_a_secret_at_any_offset_of_a_long_value_never_survives_a_cut(tmp_path) -> None:  # noqa: ANN001
+    """Every place that shortens text for evidence — a SQL cell, a one-line cause, a clipped body or
+    journal tail — must redact first: a secret cut in half is no longer recognised, and its head would
+    land in the artifact. The secret is put at every offset of a value longer than each limit."""
+    from evidence_writers import redaction
+    from evidence_writers.redaction import Redactor, clip
+    from evidence_writers.writers import MAX_CELL, SqlResult, SqlTableWriter
+    from fixtures.errors import one_line
+
+    secret = "pw-" + "Q7x9Lm2Vb8" * 3  # no "sk-" / URL shape: only the run's known value can catch it
+    red = Redactor([secret])
+    redaction.use(red)
+    try:
+        writer = SqlTableWriter(red)
+        for limit, cut in ((MAX_CELL, None), (300, one_line), (200, lambda t, n: clip(t, n)),
+                           (120, lambda t, n: clip(t, n, keep="tail"))):
+            for offset in range(0, limit + 10):
+                value = "a" * offset + secret + "z" * (limit + 40)
+                if cut is None:  # through the writer, as an artifact is written
+                    writer.write(tmp_path / "t.txt", SqlResult(title="t", sql="s", columns=["v"], rows=[(value,)]))
+                    out = (tmp_path / "t.txt").read_text()
+                else:
+                    out = cut(value, limit)
+                leaked = [p for p in _prefixes(secret) if p in out]
+                assert not leaked, (limit, offset, len(leaked[-1]))
+                tail = "z" * (limit + 40) + secret + "a" * offset  # the secret near the kept end
+                if cut is None:
+                    writer.write(tmp_path / "t.txt", SqlResult(title="t", sql="s", columns=["v"], rows=[(tail,)]))
+                    out = (tmp_path / "t.txt").read_text()
+                else:
+                    out = cut(tail, limit)
+                assert not [p for p in _prefixes(secret[::-1]) if p[::-1] in out and len(p) >= 6], (limit, offset)
+    finally:
+        redaction.use(Redactor())
