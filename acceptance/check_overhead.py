@@ -99,7 +99,8 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
             doc.data.update(error=cause, samples=probe.sample_rows(ab.samples))
             raise CheckFailure(cause) from None
         if all(a.ok and b.ok for a, b in pairs):
-            tp_blocks, tp_samples = probe.throughput_blocks(caller, plan.block, plan.concurrency, plan.groups)
+            tp_blocks, tp_samples = probe.capacity_rounds(caller, plan, limits.overhead_ms)
+            doc["capacity_rounds"] = len(tp_blocks) // (4 * plan.groups)
         else:
             doc["throughput_note"] = "not measured: some interleaved requests failed"
 

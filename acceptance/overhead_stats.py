@@ -242,7 +242,7 @@ def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, in
            if completeness.get("logged_several_responses") else "")))
     v.criteria.append(Criterion(
         "no row for a control-listener request", completeness["unlogged_rows"], "= 0", completeness["unlogged_rows"] == 0,
-        f"{completeness['unlogged_rows']} rows written for requests to the control listener (its logger is off) "
+        f"{completeness['unlogged_rows']} rows written for requests to the control listener (it runs no logger) "
         "(the A/B comparison is void)"))
     return v
 

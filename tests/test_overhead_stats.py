@@ -69,7 +69,19 @@ def test_throughput_charges_the_wall_time_difference_to_each_logged_request() ->
 
 
 COMPLETE = {"logged_sent": 200, "logged_ok": 200, "unlogged_sent": 200, "unlogged_ok": 200,
-            "logged_rows": 200, "unlogged_rows": 0}
+            "logged_rows": 200, "unlogged_rows": 0, "logged_responses": 200, "logged_several_responses": 0}
+
+
+def _blocks(logged_ms: list[float], unlogged_ms: list[float], requests: int = 32) -> list[dict]:
+    """ABBA groups whose blocks took these ms per request (one logged/unlogged pair of values per group)."""
+    out = []
+    for lo, un in zip(logged_ms, unlogged_ms):
+        for arm, ms in (("logged", lo), ("unlogged", un), ("unlogged", un), ("logged", lo)):
+            out.append({"arm": arm, "requests": requests, "wall_s": ms * requests / 1000.0})
+    return out
+
+
+CHEAP = st.capacity(_blocks([15.0, 15.4, 14.8, 15.2], [14.9, 15.1, 14.9, 15.0]))
 
 
 def _added(point: float) -> dict:
@@ -78,20 +90,48 @@ def _added(point: float) -> dict:
 
 def test_judge_passes_only_when_every_criterion_holds() -> None:
     limits = st.Limits(overhead_ms=5.0, durability_lag_ms=100.0)
-    good = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits)
+    good = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits, CHEAP)
     assert good.passed and good.cause is None
 
-    slow = st.judge(_added(7.5), {"p95": 12.0}, COMPLETE, limits)
+    unmeasured = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits, None)
+    assert not unmeasured.passed and unmeasured.cause == (
+        "capacity: gateway time added per logged request not measured (the saturated blocks did not run or "
+        "were too few)")
+
+    costly = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits,
+                      st.capacity(_blocks([45.0, 44.0, 46.0, 45.5], [15.0, 14.5, 15.5, 15.0])))
+    assert not costly.passed and costly.cause.startswith(
+        "capacity: gateway time added per logged request 30.12 ms (95% CI ")
+
+    unclear = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits,
+                       st.capacity(_blocks([16.0, 25.0, 14.0, 22.0], [15.0, 15.0, 15.0, 15.0])))
+    interval = unclear.criteria[1].measured
+    assert not unclear.passed and interval is not None and "not below 5 ms" in unclear.cause  # fails closed
+
+    lost = st.judge(_added(1.0), {"p95": 12.0}, dict(COMPLETE, logged_responses=180), limits, CHEAP)
+    assert not lost.passed and "every logged request has exactly one response row 180 of 200" in lost.cause
+
+    slow = st.judge(_added(7.5), {"p95": 12.0}, COMPLETE, limits, CHEAP)
     assert not slow.passed and slow.cause.startswith("added p95 latency 7.50 ms")
 
-    lagging = st.judge(_added(1.0), {"p95": 900.0}, COMPLETE, limits)
+    lagging = st.judge(_added(1.0), {"p95": 900.0}, COMPLETE, limits, CHEAP)
     assert not lagging.passed and "durability lag p95 900.0 ms >= 100 ms" in lagging.cause
 
-    no_rows = st.judge(_added(1.0), {"p95": None}, dict(COMPLETE, logged_rows=0), limits)
+    no_rows = st.judge(_added(1.0), {"p95": None}, dict(COMPLETE, logged_rows=0), limits, CHEAP)
     assert not no_rows.passed and "not measured" in no_rows.cause and "0 of 200 rows" in no_rows.cause
 
-    void = st.judge(_added(0.0), {"p95": 3.0}, dict(COMPLETE, unlogged_rows=200), limits)
+    void = st.judge(_added(0.0), {"p95": 3.0}, dict(COMPLETE, unlogged_rows=200), limits, CHEAP)
     assert not void.passed and "A/B comparison is void" in void.cause
+
+
+def test_capacity_interval_is_a_student_t_over_the_abba_groups() -> None:
+    cap = st.capacity(_blocks([16.0, 17.0, 15.0], [14.0, 15.0, 14.0]))
+    assert cap["groups"] == 3 and cap["added_ms_per_request_by_group"] == [2.0, 2.0, 1.0]
+    iv = cap["added_ms_per_request"]
+    # mean 5/3, sd 0.577, se 0.333, t(2) = 4.303
+    assert iv["point"] == pytest.approx(1.667, abs=1e-3)
+    assert (iv["low"], iv["high"]) == (pytest.approx(1.667 - 1.434, abs=2e-3), pytest.approx(1.667 + 1.434, abs=2e-3))
+    assert "added_ms_per_request" not in st.capacity(_blocks([16.0], [14.0]))  # one group: no interval
 
 
 def test_histogram_is_a_png_with_both_panels() -> None:
