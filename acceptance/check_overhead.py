@@ -94,6 +94,14 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
         ab = probe.Interleaved(caller, plan.pairs, plan.warmup)
         try:
             pairs = probe.run_interleaved(ab, plan, benchmark)
+            doc["latency_rounds"] = 1
+            # a p95 over a few hundred calls on a shared machine jumps by several ms: a miss is measured
+            # again (another round, the same calls) and judged on all of them, at most plan.max_rounds
+            while (doc["latency_rounds"] < plan.max_rounds and all(a.ok and b.ok for a, b in pairs)
+                   and probe.added_p95_point(pairs) >= limits.overhead_ms):
+                ab = probe.Interleaved(caller, plan.pairs, 0, seed=6 + doc["latency_rounds"])
+                pairs += probe.run_interleaved(ab, plan)
+                doc["latency_rounds"] += 1
         except probe.UnusableGateway as exc:
             cause = one_line(f"{base_url} / control {listener.url}: {exc}")
             doc.data.update(error=cause, samples=probe.sample_rows(ab.samples))

@@ -33,6 +33,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("db_tls", "Gateway's database sessions are encrypted (TLS >= 1.2)", ("db_tls.txt",)),
     CheckSpec("logger_metrics", "Logger metrics: no row dropped, database connected, pool reuse",
               ("logger_metrics.txt",)),
+    CheckSpec("code_identity", "The gateway runs the repository's code, unchanged since it started",
+              ("code_identity.txt",)),
 )
 
 BY_ID: dict[str, CheckSpec] = {c.id: c for c in CHECKS}

@@ -163,3 +163,34 @@ def test_frozen_postgresql_fails_the_database_checks_within_their_bound(tmp_path
         assert c["duration_s"] <= SILENT_HOST_BOUND_S, c
     print("\n" + "\n".join(f"  {c['outcome']:7} {c['id']:19} {c['duration_s']:5.2f} s  {c['cause'] or ''}"
                            for c in run.manifest["checks"]))
+
+
+def test_gateway_running_other_code_than_the_repositorys_fails_check_9(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """One line appended to the gateway's logger, restarted: it runs, it logs — and it is not what is signed."""
+    with lab_mutation.patched_logger("POC1_FAULT_STALE_CODE = True  # not the repository's file"):
+        run = run_suite(tmp_path / "evidence", "acceptance/check_code_identity.py", timeout=120)
+    assert_fails(run, "code_identity", r"^gateway 10\.231\.0\.18 runs code other than the repository's: "
+                                       r"/opt/litellm/gateway_logger\.py \(sha256 [0-9a-f]{12}, the repository's "
+                                       r"[0-9a-f]{12}\)$")
+
+
+def test_venv_changed_under_the_running_gateway_fails_check_9(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """A package file of the venv edited while the gateway runs (an upgrade in place, say): the process
+    still runs what it imported at start."""
+    import lab
+
+    from tests.support.lab_unit import gateway_unit
+
+    target = lab.exec("gateway", "/opt/litellm/venv/bin/python -c 'import sqlalchemy; print(sqlalchemy.__file__)'",
+                      timeout=60).stdout.strip()
+    original = lab.exec("gateway", f"cat {shlex.quote(target)}", timeout=30).stdout
+    lab.exec("gateway", f"printf '\\n# changed in place\\n' >> {shlex.quote(target)}", timeout=30)
+    try:
+        run = run_suite(tmp_path / "evidence", "acceptance/check_code_identity.py", timeout=120)
+    finally:
+        lab.exec("gateway", f"cat > {shlex.quote(target)}", input=original, timeout=30)
+        gateway_unit("restart")  # the restored file is newer than the process too: start afresh
+    assert_fails(run, "code_identity", rf"^1 file\(s\) changed under the running litellm-gateway \(started .*\): "
+                                       rf"{re.escape(target)} — it runs what it loaded before, restart it")
+    again = run_suite(tmp_path / "evidence2", "acceptance/check_code_identity.py", timeout=120)
+    assert again.check("code_identity")["outcome"] == "passed", again.check("code_identity")

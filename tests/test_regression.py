@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from acceptance import registry
+
 from tools import regression as R
 from tools.history import CHECK_IDS, AlarmPolicy, read_history
 
@@ -31,6 +33,9 @@ SHOT_W, SHOT_H = 1280, 1000
 
 # --------------------------------------------------------------------------------------------------
 # fakes: a bundle like the suite's (manifest.json + overhead_benchmark.json), written on demand
+
+#: the registry's number of checks (prose and status lines say it)
+N = len(registry.CHECKS)
 
 
 def manifest(run_id: str, *, verdict: str = "GO", digest: str = "lock-a", versions: dict | None = None,
@@ -440,11 +445,11 @@ def test_monitoring_hooks_say_ok_warning_critical_unknown(tmp_path: Path,
     from prometheus_client.parser import text_string_to_metric_families
 
     runs = tmp_path / "runs"
-    cases = [(fake_producer(p95=1.0), 0, "POC1 ACCEPTANCE OK - GO: 8 of 8 registered checks passed"),
-             (fake_producer(p95=9.0), 1, "POC1 ACCEPTANCE WARNING - GO: 8 of 8 registered checks passed; "
+    cases = [(fake_producer(p95=1.0), 0, f"POC1 ACCEPTANCE OK - GO: {N} of {N} registered checks passed"),
+             (fake_producer(p95=9.0), 1, f"POC1 ACCEPTANCE WARNING - GO: {N} of {N} registered checks passed; "
                                          "overhead alarm: overhead p95 9.000 ms"),
              (fake_producer(verdict="NO-GO", outcomes={"chat_call": "failed"}), 2,
-              "POC1 ACCEPTANCE CRITICAL - NO-GO: 7 of 8 registered checks passed; failed: chat_call; cause: "
+              f"POC1 ACCEPTANCE CRITICAL - NO-GO: {N - 1} of {N} registered checks passed; failed: chat_call; cause: "
               "chat_call: chat_call broke (fake)")]
     prom = tmp_path / "poc1.prom"
     for producer, code, start in cases:
@@ -477,7 +482,7 @@ def test_the_real_runner_with_nagios_prints_one_line(tmp_path: Path) -> None:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
     (line,) = proc.stdout.splitlines()
-    assert line.startswith("POC1 ACCEPTANCE CRITICAL - NO-GO: 0 of 8 registered checks passed")
+    assert line.startswith(f"POC1 ACCEPTANCE CRITICAL - NO-GO: 0 of {N} registered checks passed")
     assert "regression: run " in proc.stderr and "validate: run " in proc.stderr
 
 

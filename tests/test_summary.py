@@ -19,6 +19,9 @@ from tests.support.evidence_bundles import build_bundle, validate_nowhere, waive
 
 SEED_CLAIMS = ("99.9", "$0.00046", "206.8", "2min 35s", "Prisma", "5/5")
 
+#: the registry's number of checks (prose and status lines say it)
+N = len(registry.CHECKS)
+
 
 def lines(evidence: Path) -> list[str]:
     return (evidence / SUMMARY).read_text(encoding="utf-8").splitlines()
@@ -61,7 +64,7 @@ def test_a_go_summary_reads_like_the_seed_with_this_runs_figures(tmp_path: Path)
     text = lines(evidence)
     assert text[0] == "# POC-1 LiteLLM SQLAlchemy Integration - COMPLETION SUMMARY"
     assert "Date: 2026-12-01" in text and "Status: COMPLETE - ALL SUCCESS CRITERIA MET" in text
-    assert "Final Validation: PASSED" in text and "Verdict: **GO** (8 of 8 registered checks passed)" in text
+    assert "Final Validation: PASSED" in text and f"Verdict: **GO** ({N} of {N} registered checks passed)" in text
     assert ("Run `20261201T094909Z-d2f172ff` against inventory group `local` (gateway 10.231.0.18, "
             "db 10.231.0.19),") in text
     for n, spec in enumerate(registry.CHECKS, 1):
@@ -102,7 +105,7 @@ def test_a_go_summary_reads_like_the_seed_with_this_runs_figures(tmp_path: Path)
     risks = {r[0]: r for r in table(section(text, "### Measured in this run"))}
     assert risks["Logger data loss"][1:] == ["0 rows dropped", "`logger_metrics`", "PASSED"]
     assert (
-        "**GO DECISION: PROCEED.** Every one of the 8 success criteria passed in run "
+        f"**GO DECISION: PROCEED.** Every one of the {N} success criteria passed in run "
         "`20261201T094909Z-d2f172ff`." in text
     )
 
@@ -140,7 +143,7 @@ def test_a_no_go_summary_of_a_real_run_says_why_and_claims_no_figure(tmp_path: P
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     m = json.loads((evidence / "manifest.json").read_text())
     text = lines(evidence)
-    assert "Status: NOT COMPLETE - 0 OF 8 SUCCESS CRITERIA MET" in text and "Final Validation: FAILED" in text
+    assert f"Status: NOT COMPLETE - 0 OF {N} SUCCESS CRITERIA MET" in text and "Final Validation: FAILED" in text
     why = section(text, "## Final Recommendation")
     assert why[2] == "**NO-GO DECISION: DO NOT PROCEED.** Why:"
     for c in m["checks"]:
@@ -176,7 +179,7 @@ def test_a_waived_failure_reads_go_with_waivers_naming_the_waiver(tmp_path: Path
         waivers=waivers,
     )
     text = lines(evidence)
-    assert "Status: COMPLETE WITH WAIVERS - 7 OF 8 SUCCESS CRITERIA MET, 1 WAIVED" in text
+    assert f"Status: COMPLETE WITH WAIVERS - {N - 1} OF {N} SUCCESS CRITERIA MET, 1 WAIVED" in text
     assert "Final Validation: PASSED WITH WAIVERS" in text
     block = criterion(text, registry.ORDER["overhead"] + 1)
     assert "- Status: FAILED - WAIVED" in block and "- Result: added p95 7.1 ms >= 5 ms" in block

@@ -33,6 +33,9 @@ BUNDLE_FILES = {"manifest.json", "report.html", "junit.xml", "pytest_benchmark.j
                 *(a for c in registry.CHECKS for a in c.artifacts), "POC_COMPLETION_SUMMARY.md",
                 "validation.json", "SHA256SUMS", "attestation.intoto.json"}
 
+#: the registry's number of checks (prose and status lines say it)
+N = len(registry.CHECKS)
+
 
 def validate(evidence: Path, *args: str, hosts: str = "local", timeout: float = 600,
              ) -> subprocess.CompletedProcess[str]:
@@ -219,9 +222,9 @@ def test_nagios_line_prometheus_textfile_and_a_signature_from_the_environment(tm
                               env_extra={"POC1_SIGNING_KEY": str(key)})
     assert res.returncode == 2, res.stdout + res.stderr[-3000:]  # CRITICAL
     (line,) = res.stdout.splitlines()  # the status line only; the suite's output went to stderr
-    assert line.startswith("POC1 ACCEPTANCE CRITICAL - NO-GO: 0 of 8 registered checks passed; failed: "
+    assert line.startswith(f"POC1 ACCEPTANCE CRITICAL - NO-GO: 0 of {N} registered checks passed; failed: "
                            "service_status, gateway_db_connect")
-    assert "(run 20" in line and "target nowhere) | checks_passed=0;;;0;8" in line
+    assert "(run 20" in line and f"target nowhere) | checks_passed=0;;;0;{N}" in line
     assert "validate: run " in res.stderr and "verdict NO-GO" in res.stderr
     prom = _prom(textfiles / "poc1_acceptance.prom")
     assert prom[("poc1_acceptance_verdict", (("target", "nowhere"), ("verdict", "NO-GO")))] == 1
