@@ -96,14 +96,13 @@ METRICS: tuple[Metric, ...] = (
         "Tokens logged for the streamed call",
         "responses row linked to its x-poc1-request-id",
     ),
-    Metric("join_check", "requests", "Rows in requests", "count over the table"),
-    Metric("join_check", "responses", "Rows in responses", "count over the table"),
-    Metric("join_check", "orphan_responses", "Orphan responses", "responses without their request"),
-    Metric("join_check", "requests_without_response", "Requests without a response", "left join"),
-    Metric("join_check", "duplicate_request_ids", "Duplicate request ids", "group by request_id"),
-    Metric(
-        "join_check", "requests_with_several_responses", "Requests with several responses", "group by request"
-    ),
+    Metric("join_check", "run_calls.calls", "This run's calls judged", "checks 3 and 6, by request_id"),
+    Metric("join_check", "run_calls.without_response", "This run's calls without a response row", "left join"),
+    Metric("join_check", "run_calls.several_responses", "This run's calls with several response rows",
+           "group by request"),
+    Metric("join_check", "window.requests_in_window", "Rows written in the run's window", "created_at index"),
+    Metric("join_check", "window.requests_without_response", "Requests of the window without a response",
+           "not exists, created_at index"),
     Metric(
         "overhead",
         "added_p95_ms",
@@ -347,19 +346,20 @@ def risks(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
         )
     )
     counts = [
-        (k, d("join_check", k))
-        for k in (
-            "orphan_responses",
-            "duplicate_request_ids",
-            "requests_without_response",
-            "requests_with_several_responses",
+        (label, d("join_check", k))
+        for k, label in (
+            ("run_calls.calls", "this run's calls"),
+            ("run_calls.without_response", "of them without a response"),
+            ("run_calls.several_responses", "with several"),
+            ("window.requests_without_response", "requests of the run's window without a response"),
+            ("window.requests_with_several_responses", "with several"),
         )
     ]
     items.append(
         (
             "Data integrity: request -> response",
             "join_check",
-            ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts if v is not None) or None,
+            ", ".join(f"{k} {v}" for k, v in counts if v is not None) or None,
         )
     )
     enc, ses = d("db_tls", "encrypted"), d("db_tls", "sessions")
