@@ -47,6 +47,11 @@ def test_service_status(request: pytest.FixtureRequest, target: Target, hosts: H
         if rss.ok and rss.stdout.strip().isdigit():
             memory, memory_source = systemd.human_bytes(int(rss.stdout.strip()) * 1024), "VmRSS of MainPID"
 
+    workers = None
+    if pid.isdigit() and pid != "0":
+        spawned = session.run(f"ps --ppid {int(pid)} -o args= | grep -c 'multiprocessing.spawn' || true")
+        if spawned.ok and spawned.stdout.strip().isdigit():
+            workers = int(spawned.stdout.strip()) or 1  # none spawned: the main process serves itself
     parsed = {
         "unit": unit,
         "load_state": props.get("LoadState"),
@@ -60,6 +65,7 @@ def test_service_status(request: pytest.FixtureRequest, target: Target, hosts: H
         "uptime": systemd.human_duration(uptime_s),
         "uptime_s": round(uptime_s, 1) if uptime_s is not None else None,
         "invocation_id": props.get("InvocationID") or None,
+        "workers": workers,
     }
     evidence.details.update(parsed)
     doc.section("parsed", [f"{k}: {v}" for k, v in parsed.items()])
