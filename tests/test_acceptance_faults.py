@@ -61,6 +61,9 @@ def lab_sh(host: str, cmd: str, timeout: float = 60) -> str:
 def healthy(timeout: float = 90) -> None:
     """Wait until the lab is back to normal: units active, a chat call answered and logged, logger connected.
 
+    A test process killed mid-fault (SIGKILL: no finally) can leave tests/test_mutations.py's trigger that
+    swallows response rows; it is dropped here first, so one killed run cannot fail every later one.
+
     The secrets are read afresh on every attempt: a `lab up` by someone else may have renewed them.
     """
     from sqlalchemy import text
@@ -68,6 +71,7 @@ def healthy(timeout: float = 90) -> None:
     from acceptance import queries
     from fixtures.database import open_reader
     from fixtures.inventory import load_target
+    _psql("DROP TRIGGER IF EXISTS poc1_fault_lose_responses ON responses")
     deadline = time.monotonic() + timeout
     last = "not checked"
     while time.monotonic() < deadline:

@@ -47,8 +47,14 @@ def test_callback_blocking_the_event_loop_fails_check_6_on_capacity(tmp_path: Pa
     print(f"\nblocking callback: {cause}; throughput {doc['throughput_rps']}")
 
 
+def undo_lost_responses() -> None:
+    psql("DROP TRIGGER IF EXISTS poc1_fault_lose_responses ON responses")
+    psql("DROP FUNCTION IF EXISTS poc1_fault_lose_responses()")
+
+
 def test_lost_response_rows_fail_checks_5_and_6(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
     """One response row in ten never lands (a trigger swallows it), the request rows do."""
+    undo_lost_responses()  # a run killed before its finally (SIGKILL) leaves the trigger behind
     psql("CREATE OR REPLACE FUNCTION poc1_fault_lose_responses() RETURNS trigger LANGUAGE plpgsql AS "
          "$$ BEGIN IF random() < 0.1 THEN RETURN NULL; END IF; RETURN NEW; END $$")
     psql("CREATE TRIGGER poc1_fault_lose_responses BEFORE INSERT ON responses FOR EACH ROW "
@@ -57,8 +63,7 @@ def test_lost_response_rows_fail_checks_5_and_6(tmp_path: Path, embedded_lab) ->
         run = run_suite(tmp_path / "evidence", "acceptance/check_chat_call.py", "acceptance/check_db_rows.py",
                         CHECK_6, "acceptance/check_join_check.py", "--overhead-pairs=60", timeout=300)
     finally:
-        psql("DROP TRIGGER IF EXISTS poc1_fault_lose_responses ON responses")
-        psql("DROP FUNCTION IF EXISTS poc1_fault_lose_responses()")
+        undo_lost_responses()
     assert psql("SELECT count(*) FROM pg_trigger WHERE tgname = 'poc1_fault_lose_responses'").strip() == "0"
     assert_fails(run, "join_check", r"\d+ of this run's calls have no response row")
     assert_fails(run, "join_check", r"request\(s\) written in this run's window have no response row")
