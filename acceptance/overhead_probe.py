@@ -192,11 +192,10 @@ def throughput_blocks(caller: Caller, block: int, concurrency: int, groups: int 
 
 def added_p95_point(pairs: Sequence[tuple[Sample, Sample]]) -> float:
     """The added p95 latency of these pairs (logged minus unlogged), without its interval."""
-    ok = [(a.latency_ms, b.latency_ms) for a, b in pairs if a.ok and b.ok]
-    if len(ok) < 2:
+    series = Series.of(pairs, {}, 0.0)  # the pairs where both calls were answered
+    if len(series.logged_ms) < 2:
         return float("inf")
-    lo, un = zip(*ok)
-    return float(st.np.percentile(lo, 95) - st.np.percentile(un, 95))
+    return st.percentile_shift(series.logged_ms, series.unlogged_ms, 95)
 
 
 def capacity_rounds(caller: Caller, plan: "Plan", threshold_ms: float,

@@ -44,6 +44,12 @@ class Interval:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+def percentile_shift(treated: Sequence[float], control: Sequence[float], q: float = 95) -> float:
+    """q-th percentile of ``treated`` minus that of ``control``: the point estimate of quantile_shift."""
+    return float(np.percentile(np.asarray(treated, dtype=float), q)
+                 - np.percentile(np.asarray(control, dtype=float), q))
+
+
 def quantile_shift(
     treated: Sequence[float], control: Sequence[float], q: float = 95, *,
     resamples: int = BOOTSTRAP_RESAMPLES, level: float = CONFIDENCE, seed: int = 0,
@@ -56,7 +62,7 @@ def quantile_shift(
     t, c = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
     if t.size != c.size or t.size < 2:
         raise ValueError(f"need two paired samples of equal length >= 2 (got {t.size} and {c.size})")
-    point = float(np.percentile(t, q) - np.percentile(c, q))
+    point = percentile_shift(t, c, q)
     idx = np.random.default_rng(seed).integers(0, t.size, size=(resamples, t.size))
     shifts = np.percentile(t[idx], q, axis=1) - np.percentile(c[idx], q, axis=1)
     alpha = (1.0 - level) / 2.0
