@@ -138,6 +138,17 @@ def judge(now: Scrape) -> str | None:
             f"{started} (rejected {now.get('rows_rejected_total')}, queue max {now.get('queue_max')}, "
             f"spool max {now.get('spool_max_rows')} rows, spooled {now.get('rows_spooled_total')})"
         )
+    if "writer_alive" not in now.values:
+        causes.append("gateway_logger exports no writer_alive gauge: a logger without its writer's "
+                      "supervision (not this repository's)")
+    elif now.values.get("writer_alive") != 1:
+        causes.append(f"gateway_logger's writer is not alive (writer_alive="
+                      f"{now.values.get('writer_alive'):g}): rows are queued and nothing writes them")
+    beat = now.values.get("writer_heartbeat_seconds")
+    stale_after = now.values.get("heartbeat_stale_after_seconds")
+    if beat is not None and stale_after and now.at - beat > stale_after:
+        causes.append(f"gateway_logger's writer heartbeat is stale: last turn {now.at - beat:.1f} s before "
+                      f"the scrape (limit {stale_after:g} s): it is stuck")
     if not now.get("connected"):
         causes.append(
             f"gateway_logger is not connected to its database (connection losses since start: "
@@ -164,6 +175,10 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
         f"batch writes: {batches}, p50 <= {_ms(p50)}, p95 <= {_ms(p95)} (histogram bucket bounds), "
         f"max {_ms(now.values.get('batch_seconds_max'))}",
         f"pool reuse since the logger started: {reuse_text(co, cn)}",
+        f"workers with a running logger: {now.get('workers')}; writer alive "
+        f"{now.values.get('writer_alive', 'not exported')}, last turn "
+        f"{now.at - now.values['writer_heartbeat_seconds']:.1f} s before the scrape"
+        if "writer_heartbeat_seconds" in now.values else "writer heartbeat: not exported",
     ]
     details = {
         "rows_written": now.get("rows_written_total"),
@@ -175,6 +190,8 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
         "pool_connects": cn,
         "reuse_ratio": _round(reuse(co, cn)),
         "batches": batches,
+        "workers": now.get("workers"),
+        "writer_alive": now.values.get("writer_alive"),
     }
     env = {
         "Logger rows (since start)": f"written {details['rows_written']}, spooled {details['rows_spooled']}, "

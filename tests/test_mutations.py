@@ -199,3 +199,14 @@ def test_venv_changed_under_the_running_gateway_fails_check_9(tmp_path: Path, em
                                        rf"{re.escape(target)} — it runs what it loaded before, restart it")
     again = run_suite(tmp_path / "evidence2", "acceptance/check_code_identity.py", timeout=120)
     assert again.check("code_identity")["outcome"] == "passed", again.check("code_identity")
+
+
+def test_dead_writer_fails_check_8(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
+    """The gateway answers 200 and its logger's writer thread is gone: nothing is written, nothing says so
+    unless check 8 reads the writer's own alive gauge."""
+    with lab_mutation.patched_logger(lab_mutation.DEAD_WRITER):
+        run = run_suite(tmp_path / "evidence", "acceptance/check_chat_call.py",
+                        "acceptance/check_logger_metrics.py", timeout=120)
+    assert run.check("chat_call")["outcome"] == "passed"
+    assert_fails(run, "logger_metrics", r"gateway_logger's writer is not alive \(writer_alive=0\): rows are "
+                                        r"queued and nothing writes them")

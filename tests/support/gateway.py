@@ -130,6 +130,8 @@ class Gateway:
     standin_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     master_key: str = field(default_factory=lambda: "sk-" + secrets.token_hex(16))
+    #: ``litellm --num_workers``: 1 runs the app in the CLI process; more spawns uvicorn worker processes
+    num_workers: int = 1
     upstream_key: str = field(default_factory=lambda: "sk-upstream-" + secrets.token_hex(8))
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="poc1-gw-")))
     proxy: subprocess.Popen | None = None
@@ -180,15 +182,24 @@ class Gateway:
         self.standin = None
 
     def start(self, timeout: float = 90.0) -> "Gateway":
+        """Stand-in, then the proxy (the first 200 of /health/liveliness)."""
+        try:
+            self.start_standin()
+        except Exception as exc:
+            self.stop()
+            raise GatewayStartError(f"stand-in did not start: {exc}") from None
+        return self.start_proxy(timeout)
+
+    def start_proxy(self, timeout: float = 90.0) -> "Gateway":
+        """The proxy alone (again after ``stop_proxy``: same ports, spool and database)."""
         litellm_cli = shutil.which("litellm")
         if litellm_cli is None:
             raise GatewayStartError("the litellm CLI is not on PATH (pip install 'litellm[proxy]')")
         try:
-            self.start_standin()
             with open(self.log_path, "ab") as log:
                 self.proxy = subprocess.Popen(
                     [litellm_cli, "--config", str(self.config), "--host", "127.0.0.1",
-                     "--port", str(self.port), "--num_workers", "1"],
+                     "--port", str(self.port), "--num_workers", str(self.num_workers)],
                     cwd=ROOT, env=self.proxy_env(), stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)
             _wait_http(f"{self.url}/health/liveliness", self.proxy, timeout)
@@ -197,6 +208,29 @@ class Gateway:
             self.stop()
             raise GatewayStartError(f"gateway did not start: {exc}; log tail: {tail}") from None
         return self
+
+    def _metrics_text(self) -> str:
+        served = f"metrics on http://127.0.0.1:{self.metrics_port}/metrics"
+        assert served in self.log_text(), f"this gateway's logger does not serve {served} (port taken?)"
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def metrics(self) -> dict[str, float]:
+        """The logger's unlabelled ``gateway_logger_*`` samples (name without prefix -> value), as check 8
+        reads them: one scrape of 127.0.0.1:<metrics port>."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self._metrics_text()
+        families = [f for f in text_string_to_metric_families(text) if f.name.startswith("gateway_logger_")]
+        return {s.name.removeprefix("gateway_logger_"): s.value
+                for f in families for s in f.samples if not s.labels}
+
+    def metric_samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of every sample of one metric (e.g. ``gateway_logger_build_info``)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self._metrics_text()
+        return [(dict(s.labels), s.value) for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == name]
 
     def wait_for_log(self, needle: str, timeout: float = 15.0) -> str:
         """The first log line containing ``needle`` (waits for it)."""

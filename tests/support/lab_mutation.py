@@ -66,3 +66,12 @@ def _poc1_drop_streams(self, kwargs, failed):
 
 GatewayLogger._submit = _poc1_drop_streams
 """
+
+#: the writer thread ends at once (what an unexpected error did before the writer was supervised)
+DEAD_WRITER = """
+def _poc1_dead_run(self):
+    return
+
+
+Writer._run = _poc1_dead_run
+"""
