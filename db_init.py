@@ -11,6 +11,13 @@ models and helpers from here, so the schema and its SQL exist exactly once.
 The URL may instead come from the environment variable ``POC1_DB_URL``. Exit codes: 0 ok, 1 schema
 drift (a readable list is printed), 2 the database could not be reached (one-line cause, password
 masked).
+
+``create`` migrates an existing POC-1 database in place with alembic (``migrations/``). ``validate``
+lets alembic find the drift (``compare_metadata`` with the options in ``COMPARE_OPTS``, the same ones
+``alembic revision --autogenerate`` uses): a revision behind head, tables, columns, types,
+nullability, server defaults, indexes (missing and extra), unique constraints, foreign keys with
+their options (ON DELETE...). Each difference is one line ``table: what``; primary keys, which
+alembic does not compare, are checked with the inspector.
 """
 from __future__ import annotations
 

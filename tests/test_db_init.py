@@ -135,7 +135,8 @@ def test_foreign_key_options_are_named(fresh_db: str, options: str, expected: st
             f"REFERENCES requests(id) {options}")
     result = run_cli("validate", "--url", fresh_db)
     assert result.returncode == 1
-    assert drift_lines(result.stdout) == [f"responses: foreign key (request_id_fk) -> requests(id) {expected}"]
+    fk_line = f"responses: foreign key (request_id_fk) -> requests(id) {expected}"
+    assert drift_lines(result.stdout) == [fk_line]
 
 
 def test_cascade_really_deletes_responses(fresh_db: str) -> None:
