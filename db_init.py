@@ -11,6 +11,13 @@ models and helpers from here, so the schema and its SQL exist exactly once.
 The URL may instead come from the environment variable ``POC1_DB_URL``. Exit codes: 0 ok, 1 schema
 drift (a readable list is printed), 2 the database could not be reached (one-line cause, password
 masked).
+
+``create`` migrates an existing POC-1 database in place with alembic (``migrations/``). ``validate``
+lets alembic find the drift (``compare_metadata`` with the options in ``COMPARE_OPTS``, the same ones
+``alembic revision --autogenerate`` uses): a revision behind head, tables, columns, types,
+nullability, server defaults, indexes (missing and extra), unique constraints, foreign keys with
+their options (ON DELETE...). Each difference is one line ``table: what``; primary keys, which
+alembic does not compare, are checked with the inspector.
 """
 from __future__ import annotations
 
@@ -225,6 +232,8 @@ def create(url: str | URL) -> list[str]:
 
 @dataclass(frozen=True)
 class Drift:
+    """One difference between the models and the live database, printed as one line."""
+
     table: str
     what: str
 
@@ -232,76 +241,181 @@ class Drift:
         return f"{self.table}: {self.what}"
 
 
-def _index_key(columns: Iterable[str | None], unique: bool) -> tuple[tuple[str, ...], bool]:
-    return tuple(c or "" for c in columns), bool(unique)
+def include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+    """alembic's reflection filter: every table but alembic's own (an extra table is drift), and inside
+    tables only the models' (only the default schema is reflected: alembic's include_schemas is off)."""
+    if type_ == "table":
+        return name != VERSION_TABLE
+    if type_ == "schema":
+        return name is None
+    return parent_names.get("table_name") in Base.metadata.tables
+
+
+#: how ``validate`` and ``alembic revision --autogenerate`` (migrations/env.py) compare: the same way
+COMPARE_OPTS: dict[str, Any] = {
+    "compare_type": True,
+    "compare_server_default": True,
+    "include_name": include_name,
+    "version_table": VERSION_TABLE,
+}
+
+
+def _names(columns: Iterable[Any]) -> str:
+    return ", ".join(getattr(c, "name", None) or str(c) for c in columns)
+
+
+def _index_text(ix: Any) -> str:
+    return f"{'unique ' if ix.unique else ''}index {ix.name} on ({_names(ix.expressions)})"
+
+
+def _fk_text(fk: Any) -> str:
+    """``(cols) -> table(cols)`` from the target names: a reflected FK's referred table is not in its
+    stub metadata, so ``fk.referred_table`` cannot be used."""
+    targets = [e.target_fullname.rsplit(".", 1) for e in fk.elements]
+    return f"({', '.join(fk.column_keys)}) -> {targets[0][0]}({', '.join(t[1] for t in targets)})"
+
+
+def _fk_options(fk: Any) -> dict[str, str]:
+    return {
+        "ondelete": f"ON DELETE {(fk.ondelete or 'NO ACTION').upper()}",
+        "onupdate": f"ON UPDATE {(fk.onupdate or 'NO ACTION').upper()}",
+        "deferrable": "DEFERRABLE" if fk.deferrable else "NOT DEFERRABLE",
+        "initially": f"INITIALLY {(fk.initially or 'IMMEDIATE').upper()}",
+    }
+
+
+def _default_text(default: Any, dialect: Any) -> str:
+    arg = getattr(default, "arg", default)
+    if arg is None:
+        return "none"
+    if isinstance(arg, str):
+        return repr(arg)
+    return str(getattr(arg, "text", None) or arg.compile(dialect=dialect))
+
+
+def _column_drift(diff: tuple[Any, ...], dialect: Any) -> Drift:
+    """A ``modify_*`` diff: (op, schema, table, column, existing, live value, model value)."""
+    op, _schema, table, column, _existing, live, want = diff
+    if op == "modify_type":
+        what = f"type is {live.compile(dialect=dialect)}, expected {want.compile(dialect=dialect)}"
+    elif op == "modify_nullable":
+        null = {True: "NULL", False: "NOT NULL"}
+        what = f"nullability differs: is {null[bool(live)]}, expected {null[bool(want)]}"
+    elif op == "modify_default":
+        what = f"server default is {_default_text(live, dialect)}, expected {_default_text(want, dialect)}"
+    else:  # e.g. modify_comment
+        what = f"{op.removeprefix('modify_')} is {live!r}, expected {want!r}"
+    return Drift(table, f"column {column} {what}")
+
+
+def _table_of(diff: tuple[Any, ...]) -> str:
+    """The table a diff is about: named in column diffs, the object itself in table diffs."""
+    op = diff[0]
+    if op.startswith("modify_") or op.endswith("_column"):
+        return str(diff[2])
+    if op.endswith(("_table", "_table_comment")):
+        return str(diff[1].name)
+    return str(diff[-1].table.name)
+
+
+def _object_drift(diff: tuple[Any, ...]) -> Drift:
+    """An add_*/remove_* diff: ``add`` = in the models, missing live; ``remove`` = live only."""
+    op, obj, table = diff[0], diff[-1], _table_of(diff)
+    state = "missing" if op.startswith("add_") else "extra"
+    kind = op.split("_", 1)[1]
+    if kind == "table":
+        what = "missing table" if state == "missing" else "extra table (not in the models)"
+    elif kind == "column":
+        what = f"{state} column {obj.name}"
+    elif kind == "index":
+        what = f"{state} {_index_text(obj)}"
+    elif kind == "fk":
+        what = f"{state} foreign key {_fk_text(obj)}"
+    elif kind == "constraint":
+        label = obj.__visit_name__.replace("_", " ")
+        what = f"{state} {label} {obj.name or '(unnamed)'} on ({_names(obj.columns)})"
+    elif kind == "table_comment":  # add: (op, model table, live comment); remove: (op, stub table)
+        what = (f"table comment is {diff[2]!r}, expected {diff[1].comment!r}" if state == "missing"
+                else "extra table comment (the models have none)")
+    else:  # a kind a later alembic may report: still one line naming the table
+        what = op.replace("_", " ")
+    return Drift(table, what)
+
+
+def _changed_drift(live: Any, want: Any) -> Drift:
+    """One line for an object alembic reports as removed and re-added (same index name, or an FK on
+    the same columns and target whose options differ)."""
+    if live.__visit_name__ == "index":
+        def shape(ix: Any) -> str:
+            return f"{'unique' if ix.unique else 'not unique'} on ({_names(ix.expressions)})"
+        return Drift(live.table.name, f"index {live.name} is {shape(live)}, expected {shape(want)}")
+    have, expected = _fk_options(live), _fk_options(want)
+    changed = [k for k in have if have[k] != expected[k]] or list(have)
+    return Drift(live.table.name, f"foreign key {_fk_text(want)} is {', '.join(have[k] for k in changed)}, "
+                                  f"expected {', '.join(expected[k] for k in changed)}")
+
+
+def _pair_key(diff: tuple[Any, ...]) -> tuple[str, ...] | None:
+    op, obj = diff[0], diff[-1]
+    if op in ("add_index", "remove_index"):
+        return ("index", obj.table.name, obj.name)
+    if op in ("add_fk", "remove_fk"):
+        return ("fk", obj.table.name, _fk_text(obj))
+    return None
+
+
+def drift_lines(diffs: Iterable[Any], dialect: Any) -> list[Drift]:
+    """alembic's diffs (``compare_metadata``) as drift lines: one per diff, a remove+add pair of the
+    same index or FK as one "is …, expected …" line, nothing more for the parts of a missing table."""
+    flat = [d for diff in diffs for d in (diff if isinstance(diff, list) else [diff])]
+    missing_tables = {d[1].name for d in flat if d[0] == "add_table"}
+    removed = {key: d[-1] for d in flat if d[0].startswith("remove_") and (key := _pair_key(d))}
+    added = {key: d[-1] for d in flat if d[0].startswith("add_") and (key := _pair_key(d))}
+    drifts: list[Drift] = []
+    for d in flat:
+        key = _pair_key(d)
+        if d[0].startswith("modify_"):
+            drifts.append(_column_drift(d, dialect))
+        elif key in removed and key in added:
+            if d[0].startswith("add_"):
+                drifts.append(_changed_drift(removed[key], added[key]))
+        elif d[0] == "add_table" or _table_of(d) not in missing_tables:
+            drifts.append(_object_drift(d))
+    return drifts
+
+
+def _primary_key_drift(insp: Any, live_tables: set[str]) -> list[Drift]:
+    """alembic's autogenerate does not compare primary keys (a documented limitation, confirmed by
+    test_dropped_primary_key_is_named), so they are compared here with the inspector."""
+    drifts = []
+    for table in Base.metadata.sorted_tables:
+        if table.name in live_tables:
+            have = insp.get_pk_constraint(table.name).get("constrained_columns") or []
+            want = [c.name for c in table.primary_key.columns]
+            if list(have) != want:
+                drifts.append(Drift(table.name, f"primary key is {have}, expected {want}"))
+    return drifts
 
 
 def compare(engine: Engine) -> list[Drift]:
-    """Every difference between the models and the live database, found with SQLAlchemy's inspector."""
-    insp = inspect(engine)
-    dialect = engine.dialect
+    """Every difference between the models and the live database: the migration revision, then what
+    alembic's ``compare_metadata`` finds (tables, columns, types, nullability, server defaults,
+    indexes, unique constraints, FKs with their ON DELETE), then primary keys."""
+    from alembic.autogenerate import compare_metadata  # noqa: PLC0415
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
     drifts: list[Drift] = []
-    live_tables = set(insp.get_table_names()) - {VERSION_TABLE}
-    if live_tables & set(Base.metadata.tables):
-        with engine.connect() as conn:
-            have = live_revision(conn)
-        want = head_revision()
-        if have != want:
-            drifts.append(Drift(VERSION_TABLE, f"schema revision is {have or 'none (made before migrations)'}, "
-                                               f"expected {want}: run db_init.py create to migrate"))
-    for name in sorted(live_tables - set(Base.metadata.tables)):
-        drifts.append(Drift(name, "extra table (not in the models)"))
-    for table in Base.metadata.sorted_tables:
-        if table.name not in live_tables:
-            drifts.append(Drift(table.name, "missing table"))
-            continue
-        live_cols = {c["name"]: c for c in insp.get_columns(table.name)}
-        for col in table.columns:
-            live = live_cols.get(col.name)
-            if live is None:
-                drifts.append(Drift(table.name, f"missing column {col.name}"))
-                continue
-            want = col.type.compile(dialect=dialect)
-            have = live["type"].compile(dialect=dialect)
-            if want != have:
-                drifts.append(Drift(table.name, f"column {col.name} type is {have}, expected {want}"))
-            if bool(live["nullable"]) != bool(col.nullable):
-                expected = "NULL" if col.nullable else "NOT NULL"
-                drifts.append(Drift(table.name, f"column {col.name} nullability differs, expected {expected}"))
-        for extra in sorted(set(live_cols) - {c.name for c in table.columns}):
-            drifts.append(Drift(table.name, f"extra column {extra}"))
-
-        live_pk = insp.get_pk_constraint(table.name).get("constrained_columns") or []
-        if list(live_pk) != [c.name for c in table.primary_key.columns]:
-            drifts.append(Drift(table.name, f"primary key is {live_pk}, expected {[c.name for c in table.primary_key.columns]}"))
-
-        live_indexes = {_index_key(ix["column_names"], ix["unique"]) for ix in insp.get_indexes(table.name)}
-        for uc in insp.get_unique_constraints(table.name):
-            live_indexes.add(_index_key(uc["column_names"], True))
-        for ix in table.indexes:
-            key = _index_key((c.name for c in ix.columns), bool(ix.unique))
-            if key not in live_indexes:
-                kind = "unique index" if ix.unique else "index"
-                drifts.append(Drift(table.name, f"missing {kind} on ({', '.join(key[0])})"))
-
-        live_fks = insp.get_foreign_keys(table.name)
-        for fk in table.foreign_key_constraints:
-            cols = [c.name for c in fk.columns]
-            match = [
-                lf for lf in live_fks
-                if lf["constrained_columns"] == cols and lf["referred_table"] == fk.referred_table.name
-            ]
-            target = f"{fk.referred_table.name}({', '.join(e.column.name for e in fk.elements)})"
-            if not match:
-                drifts.append(Drift(table.name, f"missing foreign key ({', '.join(cols)}) -> {target}"))
-                continue
-            want_ondelete = (fk.ondelete or "").upper()
-            have_ondelete = ((match[0].get("options") or {}).get("ondelete") or "NO ACTION").upper()
-            if want_ondelete and have_ondelete != want_ondelete:
-                drifts.append(Drift(
-                    table.name,
-                    f"foreign key ({', '.join(cols)}) -> {target} is ON DELETE {have_ondelete}, expected ON DELETE {want_ondelete}",
-                ))
+    with engine.connect() as conn:
+        insp = inspect(conn)
+        live_tables = set(insp.get_table_names())
+        have, want = live_revision(conn), head_revision()
+        if live_tables & set(Base.metadata.tables) and have != want:
+            have = have or "none (made before migrations)"
+            drifts.append(Drift(VERSION_TABLE, f"schema revision is {have}, expected {want}: "
+                                               "run db_init.py create to migrate"))
+        context = MigrationContext.configure(conn, opts=COMPARE_OPTS)
+        drifts += drift_lines(compare_metadata(context, Base.metadata), engine.dialect)
+        drifts += _primary_key_drift(insp, live_tables)
     return drifts
 
 

@@ -21,7 +21,9 @@ if connection is None:  # the alembic CLI: open one from POC1_DB_URL
     engine = db_init.make_engine(os.environ[db_init.URL_ENV])
     connection = engine.connect()
 
+# COMPARE_OPTS (version table, type/server-default comparison, reflection filter): autogenerate sees
+# the same differences as ``db_init.py validate``
 context.configure(connection=connection, target_metadata=db_init.Base.metadata,
-                  version_table=db_init.VERSION_TABLE, transaction_per_migration=False)
+                  transaction_per_migration=False, **db_init.COMPARE_OPTS)
 with context.begin_transaction():
     context.run_migrations()
