@@ -67,11 +67,12 @@ def _poc1_drop_streams(self, kwargs, failed):
 GatewayLogger._submit = _poc1_drop_streams
 """
 
-#: the writer thread ends at once (what an unexpected error did before the writer was supervised)
+#: the writer thread ends at its next turn: a BaseException escapes the supervisor's ``except Exception``
+#: (patched where each turn looks it up: the thread is already running when this code is appended)
 DEAD_WRITER = """
-def _poc1_dead_run(self):
-    return
+def _poc1_dead_ingest(self):
+    raise SystemExit("poc1 test: the writer thread dies")
 
 
-Writer._run = _poc1_dead_run
+Writer._ingest = _poc1_dead_ingest
 """

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-READY_TIMEOUT_S = 90
+#: a 2-worker gateway starts in ~18 s alone; it took over 90 s while other test runs shared the 2 cores
+READY_TIMEOUT_S = 180
 
 
 def wait_gateway_answers(timeout: float = READY_TIMEOUT_S) -> None:
