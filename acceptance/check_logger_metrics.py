@@ -3,8 +3,8 @@
 The logger serves Prometheus metrics on 127.0.0.1 of the gateway host only (``POC1_LOGGER_METRICS_PORT``,
 inventory var ``logger_metrics_port``, default 9464); the check reads them over the suite's SSH session
 with the gateway's own Python, so no port is opened to the network. It reads them twice: once when the
-run starts (acceptance/conftest.py) and here, after the overhead benchmark, so the pool figures of this
-run are the difference of the two (when the gateway did not restart in between).
+run starts (fixture ``logger_metrics_baseline``, acceptance/conftest.py) and here, after the overhead
+benchmark, so the pool figures of this run are the difference of the two (when the gateway did not restart in between).
 
 Artifact logger_metrics.txt: the raw ``gateway_logger_*`` lines of both scrapes, then the parsed figures:
 rows written/spooled/dropped, queue and spool depth, connection state, batch write latency (histogram),
@@ -19,18 +19,19 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import pytest
-
-from fixtures.context import CheckEvidence, Hosts
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
+from fixtures.context import Hosts
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("logger_metrics")
+CHECK = CheckSpec("logger_metrics", "Logger metrics: no row dropped, database connected, pool reuse",
+                  order=8, artifacts=("logger_metrics.txt",), run_last=1)
+pytestmark = CHECK.mark
 
 ARTIFACT = "logger_metrics.txt"
 PORT_VAR, DEFAULT_PORT = "logger_metrics_port", 9464
 PREFIX = "gateway_logger_"
-BASELINE_KEY = pytest.StashKey["Scrape | str"]()
 #: run on the gateway by its own Python (always there, unlike curl); no proxy, 5 s bound
 FETCH = (
     "import sys, urllib.request as u; sys.stdout.write(u.build_opener(u.ProxyHandler({})).open("
@@ -99,12 +100,13 @@ def scrape(target: Target, hosts: Hosts) -> Scrape:
     return found
 
 
-def take_baseline(config: pytest.Config, target: Target, hosts: Hosts) -> None:
-    """The reading at the start of the run (never fails the run: the reason is kept instead)."""
+def take_baseline(target: Target, hosts: Hosts) -> "Scrape | str":
+    """The reading at the start of the run (fixture ``logger_metrics_baseline``); never fails the run:
+    the one-line reason is returned instead."""
     try:
-        config.stash[BASELINE_KEY] = scrape(target, hosts)
+        return scrape(target, hosts)
     except Exception as exc:  # noqa: BLE001 - the first check must not fail for this one's sake
-        config.stash[BASELINE_KEY] = one_line(str(exc) or type(exc).__name__, 200)
+        return one_line(str(exc) or type(exc).__name__, 200)
 
 
 def reuse(checkouts: int, connects: int) -> float | None:
@@ -231,7 +233,7 @@ def _round(x: float | None) -> float | None:
 
 
 def test_logger_metrics(
-    request: pytest.FixtureRequest, target: Target, hosts: Hosts, evidence: CheckEvidence
+    logger_metrics_baseline: "Scrape | str | None", target: Target, hosts: Hosts, evidence: CheckResult
 ) -> None:
     doc = evidence.text(ARTIFACT)
     doc.add(
@@ -239,7 +241,7 @@ def test_logger_metrics(
         f"{port(target)}/metrics (inventory group {target.group}); pass = no row dropped since the logger "
         "started and the database connection up"
     )
-    base = request.config.stash.get(BASELINE_KEY, None)
+    base = logger_metrics_baseline
     now = scrape(target, hosts)
     if isinstance(base, Scrape):
         doc.section(f"at the start of the run ({_utc(base.at)})", list(base.lines))

@@ -18,7 +18,7 @@ import getpass
 import json
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Collection
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -28,11 +28,11 @@ import pytest
 
 from acceptance import registry
 from evidence_writers import verdict as rule
+from evidence_writers.result import CheckResult, of_manifest
 
 REPORT_TITLE = "POC-1 sign-off: LiteLLM Gateway + SQLAlchemy logging"
 OVERHEAD_JSON = "overhead_benchmark.json"
 OVERHEAD_PNG = "overhead_histogram.png"
-SHOWN = {"passed": "PASS", "failed": "FAIL", "error": "FAIL", "skipped": "SKIPPED", None: "NOT RUN"}
 
 #: pytest-html puts its environment table above the summary; the signer reads the verdict first
 CSS = """
@@ -58,44 +58,9 @@ body > footer { order: 4; }
 """
 
 
-@dataclass(frozen=True)
-class Row:
-    """One line of the summary table."""
-
-    id: str
-    title: str
-    shown: str
-    cause: str | None
-    artifacts: tuple[str, ...]
-    outcome: str | None = None  # as recorded; None = the check did not run
-    waived: bool = False
-
-
-def check_rows(manifest: dict[str, Any]) -> list[Row]:
-    """Every check of the registry, in order, each with its outcome in this run (NOT RUN if absent;
-    WAIVED for a failure the one verdict rule excuses with an applied waiver)."""
-    recorded = {c["id"]: c for c in manifest.get("checks", [])}
-    waived = set(rule.decide_manifest(manifest).waived)
-    by_check: dict[str, list[str]] = {}
-    for art in manifest.get("artifacts", []):
-        by_check.setdefault(art.get("check"), []).append(art["path"])
-    rows = []
-    for spec in registry.CHECKS:
-        rec = recorded.get(spec.id)
-        outcome = rec.get("outcome") if rec else None
-        arts = list(rec.get("artifacts", [])) if rec else []
-        arts += [a for a in by_check.get(spec.id, []) if a not in arts]
-        cause = rec.get("cause") if rec else "the check did not run"
-        shown = "WAIVED" if spec.id in waived else SHOWN.get(outcome, "FAIL")
-        rows.append(Row(spec.id, rec.get("title", spec.title) if rec else spec.title, shown, cause,
-                        tuple(arts), outcome, spec.id in waived))
-    return rows
-
-
-def verdict(rows: Sequence[Row]) -> str:
-    """The one verdict rule (evidence_writers/verdict.py) over the rows: every registered check."""
-    outcomes = {r.id: r.outcome for r in rows if r.outcome is not None}
-    return rule.decide(outcomes, [r.id for r in rows], [r.id for r in rows if r.waived]).verdict
+def check_rows(manifest: dict[str, Any]) -> list[CheckResult]:
+    """Every check the run had to pass, in order, each with its outcome in this run (NOT RUN if absent)."""
+    return of_manifest(manifest)
 
 
 def css_class(decision: str) -> str:
@@ -131,14 +96,16 @@ def _link(name: str, bundle: Path, report_dir: Path) -> str:
     return f'<a class="artifact" href="{escape(href)}">{escape(name)}</a>'
 
 
-def summary_html(rows: Sequence[Row], bundle: Path, report_dir: Path) -> str:
+def summary_html(rows: Sequence[CheckResult], bundle: Path, report_dir: Path,
+                 waived: Collection[str] = ()) -> str:
     body = []
     for n, r in enumerate(rows, 1):
         links = " ".join(_link(a, bundle, report_dir) for a in r.artifacts) or "&mdash;"
-        cause = escape(r.cause) if r.cause and r.shown != "PASS" else ""
+        shown = r.shown(waived)
+        cause = escape(r.cause) if r.cause and shown != "PASS" else ""
         body.append(
             f'<tr data-check="{escape(r.id)}"><td>{n}</td><td>{escape(r.title)}<br>'
-            f'<code>{escape(r.id)}</code></td><td class="outcome {r.shown.replace(" ", "-")}">{r.shown}</td>'
+            f'<code>{escape(r.id)}</code></td><td class="outcome {shown.replace(" ", "-")}">{shown}</td>'
             f'<td class="cause">{cause}</td><td>{links}</td></tr>')
     return ('<table id="poc1-checks"><thead><tr><th>#</th><th>check</th><th>result</th><th>cause</th>'
             "<th>artifacts</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
@@ -281,7 +248,8 @@ def environment(manifest: dict[str, Any]) -> dict[str, Any]:
 def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str, when: str) -> str:
     """The whole block that opens the report."""
     rows = check_rows(manifest)
-    decision = rule.decide_manifest(manifest).verdict
+    judged = rule.decide_manifest(manifest)
+    decision = judged.verdict
     doc = None
     try:
         doc = json.loads((bundle / OVERHEAD_JSON).read_text(encoding="utf-8"))
@@ -291,7 +259,7 @@ def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str
     return (f'<style>{CSS}</style><div class="poc1" id="poc1-summary">'
             f'<h2>Verdict: <span class="verdict {css_class(decision)}" '
             f'id="poc1-verdict">{decision}</span></h2>'
-            f"<h3>Validation checks</h3>{summary_html(rows, bundle, report_dir)}"
+            f"<h3>Validation checks</h3>{summary_html(rows, bundle, report_dir, judged.waived)}"
             f"<h3>Waivers</h3>{waivers_html(manifest)}"
             f"<h3>DB-logging overhead (check 6)</h3>{overhead_html(doc, png)}"
             f"<h3>Sign-off</h3>{signoff_html(manifest, decision, who, when)}</div>")
