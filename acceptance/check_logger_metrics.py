@@ -4,7 +4,8 @@ The logger serves Prometheus metrics on 127.0.0.1 of the gateway host only (``PO
 inventory var ``logger_metrics_port``, default 9464); the check reads them over the suite's SSH session
 with the gateway's own Python, so no port is opened to the network. It reads them twice: once when the
 run starts (fixture ``logger_metrics_baseline``, acceptance/conftest.py) and here, after the overhead
-benchmark, so the pool figures of this run are the difference of the two (when the gateway did not restart in between).
+benchmark, so the pool figures of this run are the difference of the two (when the gateway did not restart
+in between). The report shows them in its environment table (``pytest_poc1_report_section`` below).
 
 Artifact logger_metrics.txt: the raw ``gateway_logger_*`` lines of both scrapes, then the parsed figures:
 rows written/spooled/dropped, queue and spool depth, connection state, batch write latency (histogram),
@@ -18,9 +19,13 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
 
 from acceptance.spec import CheckSpec
 from evidence_writers.result import CheckResult
+from evidence_writers.sections import ReportSection
 from fixtures.context import Hosts
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
@@ -195,11 +200,6 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
         "workers": now.get("workers"),
         "writer_alive": now.values.get("writer_alive"),
     }
-    env = {
-        "Logger rows (since start)": f"written {details['rows_written']}, spooled {details['rows_spooled']}, "
-        f"dropped {details['rows_dropped']}",
-        "Logger DB pool reuse (since start)": reuse_text(co, cn),
-    }
     if isinstance(base, Scrape) and base.started == now.started:
         rco, rcn = co - base.get("pool_checkouts_total"), cn - base.get("pool_connects_total")
         rows = now.get("rows_written_total") - base.get("rows_written_total")
@@ -213,15 +213,40 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
             run_reuse_ratio=_round(reuse(rco, rcn)),
             run_rows_written=rows,
         )
-        env["Logger DB pool reuse (this run)"] = reuse_text(rco, rcn)
     else:
         why = "the logger restarted during the run"
         if not isinstance(base, Scrape):
             why = base or "no reading at the start of the run"
         lines.append(f"pool reuse during this run: not measured ({why})")
-        env["Logger DB pool reuse (this run)"] = f"not measured ({why})"
-    details["environment"] = env  # shown in the report's environment table
+        details["run_not_measured"] = why
     return lines, details
+
+
+def environment_rows(details: dict) -> dict[str, str]:
+    """The rows this check adds to the report's environment table, from its manifest details (a bundle
+    from before the report hook kept them ready-made under ``environment``)."""
+    if isinstance(details.get("environment"), dict):
+        return {str(k): str(v) for k, v in details["environment"].items()}
+    rows = {
+        "Logger rows (since start)": f"written {details.get('rows_written')}, spooled "
+        f"{details.get('rows_spooled')}, dropped {details.get('rows_dropped')}",
+        "Logger DB pool reuse (since start)": reuse_text(int(details.get("pool_checkouts") or 0),
+                                                         int(details.get("pool_connects") or 0)),
+    }
+    if "run_pool_checkouts" in details:
+        rows["Logger DB pool reuse (this run)"] = reuse_text(int(details["run_pool_checkouts"]),
+                                                             int(details.get("run_pool_connects") or 0))
+    else:
+        rows["Logger DB pool reuse (this run)"] = f"not measured ({details.get('run_not_measured')})"
+    return rows
+
+
+@pytest.hookimpl
+def pytest_poc1_report_section(result: CheckResult, bundle: Path) -> ReportSection | None:
+    """The logger's rows and pool reuse in the report's environment table (no visible section)."""
+    if result.id != CHECK.id or not result.details:
+        return None
+    return ReportSection(environment=environment_rows(result.details))
 
 
 def _ms(seconds: float | None) -> str:

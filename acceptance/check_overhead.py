@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from acceptance import overhead_probe as probe
 from acceptance import overhead_stats as stats
 from acceptance.spec import CheckSpec
 from evidence_writers.result import CheckResult
+from evidence_writers.sections import ReportSection
 from fixtures.context import LoggedRequests, RunContext
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure, failing_as, one_line
@@ -40,6 +42,16 @@ pytestmark = [CHECK.mark, pytest.mark.benchmark(group="poc1-overhead")]
 ARTIFACT_JSON, ARTIFACT_PNG = CHECK.artifacts
 #: one chat call through the stand-in takes ~20 ms; 5 s means the gateway is stuck, not slow
 REQUEST_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+
+
+@pytest.hookimpl
+def pytest_poc1_report_section(result: CheckResult, bundle: Path) -> ReportSection | None:
+    """Check 6's criteria, figures and histogram in the sign-off report (acceptance/overhead_report.py)."""
+    if result.id != CHECK.id:
+        return None
+    from acceptance import overhead_report
+
+    return overhead_report.section(result, bundle)
 
 
 def _benchmark_extra(document: dict[str, Any]) -> dict[str, Any]:

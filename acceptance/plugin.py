@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from acceptance import registry, versions
+from acceptance import hookspecs, registry, versions
 from evidence_writers.bundle import EvidenceDirError
 from evidence_writers.manifest import build_manifest
 from evidence_writers.redaction import SecretLeak
@@ -74,6 +74,7 @@ def configure(config: pytest.Config) -> None:
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "poc1-acceptance")
     config.pluginmanager.import_plugin("fixtures.plugin")
+    hookspecs.install(config.pluginmanager)  # each check's report section (pytest_poc1_report_section)
 
 
 class _Progress:
@@ -168,7 +169,8 @@ class AcceptancePlugin:
                 outcome, cause = "error", one_line(f"evidence {doc.name}: {first_line(exc)}")
         if evidence.outcome is None or SEVERITY[outcome] > SEVERITY[evidence.outcome]:
             evidence.outcome, evidence.cause = outcome, cause
-        evidence.artifacts = sorted(set(evidence.artifacts) | set(written), key=list(evidence.documents).index)
+        order = list(evidence.documents).index
+        evidence.artifacts = sorted(set(evidence.artifacts) | set(written), key=order)
         evidence.duration_s += progress.duration
         for name in written:  # the artifact records carry their check's final outcome
             self.ctx.bundle.records[name].outcome = evidence.outcome

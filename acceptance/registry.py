@@ -12,11 +12,16 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
+from types import ModuleType
 
 from acceptance.spec import CheckSpec
 
 PACKAGE = Path(__file__).resolve().parent
 PREFIX = "check_"
+
+
+#: check id -> its module (registered as a pytest plugin for the report hook, acceptance/hookspecs.py)
+MODULES: dict[str, ModuleType] = {}
 
 
 def discover() -> tuple[CheckSpec, ...]:
@@ -34,6 +39,7 @@ def discover() -> tuple[CheckSpec, ...]:
             raise RuntimeError(f"acceptance/{info.name}.py declares check {spec.id!r}: "
                                f"name it {PREFIX}{spec.id}.py")
         found.append(spec)
+        MODULES[spec.id] = module
     for attr in ("id", "order"):
         values = [getattr(s, attr) for s in found]
         dupes = sorted({str(v) for v in values if values.count(v) > 1})
