@@ -65,9 +65,10 @@ def figures(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def section(result: CheckResult, bundle: Path) -> ReportSection:
-    """The section from the check's artifacts: ``result.artifacts`` names them (JSON first, then picture)."""
-    json_name = next((a for a in result.artifacts if a.endswith(".json")), "overhead_benchmark.json")
-    png_name = next((a for a in result.artifacts if a.endswith(".png")), "overhead_histogram.png")
+    """The section from the check's artifacts as it declares them (JSON, then the picture)."""
+    from acceptance.check_overhead import CHECK
+
+    json_name, png_name = CHECK.artifacts
     doc = _read(bundle, json_name)
     doc = doc if isinstance(doc, dict) else None
     png = (bundle / png_name).read_bytes() if (bundle / png_name).is_file() else None

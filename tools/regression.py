@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from evidence_writers import verdict as rule
+from evidence_writers.result import CheckResult
 from tools import monitoring, trend_page
-from tools.runlock import try_lock
 from tools.history import (
     HISTORY_NAME,
     Alarm,
@@ -58,6 +58,7 @@ from tools.history import (
     rolling_baseline,
     versions_alarm,
 )
+from tools.runlock import try_lock
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = REPO / "POC-1" / "runs"
@@ -229,8 +230,11 @@ def _number(value: Any) -> float | None:
 
 
 def read_overhead(evidence_dir: Path) -> Overhead:
-    """p50/p95/p99 of the *added* latency from check 6's overhead_benchmark.json (absent: all None)."""
-    path = evidence_dir / "overhead_benchmark.json"
+    """p50/p95/p99 of the *added* latency from check 6's JSON artifact (its name: the registry; absent:
+    all None)."""
+    from acceptance.registry import BY_ID
+
+    path = evidence_dir / next(a for a in BY_ID["overhead"].artifacts if a.endswith(".json"))
     if not path.exists():
         return Overhead()
     try:
@@ -276,9 +280,9 @@ def read_bundle(evidence_dir: Path, suite_rc: int, log_path: Path) -> BundleFact
         what = "no manifest.json" if isinstance(exc, OSError) else "an unreadable manifest.json"
         return BundleFacts(None, rule.NO_GO, {}, {}, None,
                            f"the suite wrote {what} (exit {suite_rc})" + (f": {tail}" if tail else ""))
-    checks = {str(c.get("id")): str(c.get("outcome")) for c in m.get("checks") or []}
-    failed = [f"{c.get('id')}: {_clip(str(c.get('cause')))}" for c in m.get("checks") or []
-              if c.get("outcome") not in ("passed",) and c.get("cause")]
+    recorded = [CheckResult.from_dict(c) for c in m.get("checks") or [] if isinstance(c, dict)]
+    checks = {r.id: str(r.outcome) for r in recorded}
+    failed = [f"{r.id}: {_clip(str(r.cause))}" for r in recorded if r.outcome != "passed" and r.cause]
     verdict, cause = rule.decide_manifest(m).verdict, "; ".join(failed) or None
     if m.get("verdict") != verdict:
         cause = f"manifest.json records {m.get('verdict')!r} but the rule gives {verdict}"
