@@ -96,7 +96,8 @@ def of_manifest(manifest: Mapping[str, Any]) -> list[CheckResult]:
     for cid in dict.fromkeys([*required_of(manifest), *recorded]):
         result = recorded.get(cid) or CheckResult(cid, titles.get(cid, cid), cause=NOT_RUN_CAUSE)
         for art in manifest.get("artifacts") or []:
-            if isinstance(art, Mapping) and art.get("check") == cid and art.get("path") not in result.artifacts:
+            listed = isinstance(art, Mapping) and art.get("check") == cid
+            if listed and art.get("path") not in result.artifacts:
                 result.artifacts.append(str(art["path"]))
         results.append(result)
     return results
