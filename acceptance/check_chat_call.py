@@ -16,15 +16,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
-import pytest
 
+from acceptance.spec import CheckSpec
 from evidence_writers.redaction import clip
-from fixtures.context import CallRecord, CheckEvidence, RunContext
+from evidence_writers.result import CheckResult
+from evidence_writers.writers import Document
+from fixtures.context import CallRecord, RunbookCalls
 from fixtures.errors import CheckFailure, failing_as, one_line
 from fixtures.inventory import Target
 from fixtures.lazy import Lazy
 
-pytestmark = pytest.mark.check("chat_call")
+CHECK = CheckSpec("chat_call", "Runbook chat call returns HTTP 200 with a completion, plain and streamed",
+                  order=3, artifacts=("chat_call.json", "chat_stream.json"))
+pytestmark = CHECK.mark
 
 CALL_ID_HEADER = "x-litellm-call-id"
 REQUEST_ID_HEADER = "x-poc1-request-id"
@@ -222,12 +226,20 @@ def streamed_call(target: Target, client: httpx.Client, doc: Any) -> CallRecord:
     return record
 
 
-def test_chat_call(target: Target, http: Lazy[httpx.Client], run: RunContext,
-                   evidence: CheckEvidence) -> None:
-    plain_doc, stream_doc = evidence.json("chat_call.json"), evidence.json("chat_stream.json")
+def make_calls(target: Target, http: Lazy[httpx.Client]) -> RunbookCalls:
+    """The runbook call, plain then streamed (session fixture ``runbook_calls``, acceptance/conftest.py)."""
+    plain_doc, stream_doc = (Document(name, "json", CHECK.id) for name in CHECK.artifacts)
     client = http.get()
-    plain = run.calls["plain"] = plain_call(target, client, plain_doc)
-    stream = run.calls["stream"] = streamed_call(target, client, stream_doc)
+    calls = {"plain": plain_call(target, client, plain_doc),
+             "stream": streamed_call(target, client, stream_doc)}
+    return RunbookCalls(calls, [plain_doc, stream_doc])
+
+
+def test_chat_call(runbook_calls: RunbookCalls, evidence: CheckResult) -> None:
+    plain_doc, stream_doc = runbook_calls.documents
+    for doc in runbook_calls.documents:
+        evidence.adopt(doc)
+    plain, stream = runbook_calls.calls["plain"], runbook_calls.calls["stream"]
     evidence.details.update(
         status=plain.status, call_id=plain.call_id, request_id=plain.request_id,
         latency_ms=plain_doc.data.get("latency_ms"),

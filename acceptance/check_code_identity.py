@@ -18,14 +18,16 @@ import shlex
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
-import pytest
-
 from acceptance import systemd, versions
-from fixtures.context import CheckEvidence, Hosts, RunContext
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
+from fixtures.context import Hosts, RunContext
 from fixtures.errors import CheckFailure
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("code_identity")
+CHECK = CheckSpec("code_identity", "The gateway runs the repository's code, unchanged since it started",
+                  order=9, artifacts=("code_identity.txt",))
+pytestmark = CHECK.mark
 
 #: at most this many changed files are named (the artifact lists up to CHANGED_LISTED)
 CHANGED_NAMED, CHANGED_LISTED = 3, 50
@@ -40,7 +42,7 @@ def changed_since_cmd(paths: list[str], since_epoch: int) -> str:
             f"! -path '*/__pycache__/*' 2>/dev/null | sort -u | head -n {CHANGED_LISTED + 1}")
 
 
-def test_code_identity(target: Target, hosts: Hosts, run: RunContext, evidence: CheckEvidence) -> None:
+def test_code_identity(target: Target, hosts: Hosts, run: RunContext, evidence: CheckResult) -> None:
     doc = evidence.text("code_identity.txt")
     v = target.vars
     unit = str(v["gateway_service"])

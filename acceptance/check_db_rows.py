@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from acceptance import queries
-from fixtures.context import CallRecord, CheckEvidence, RunContext
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
+from fixtures.context import CallRecord, RunbookCalls
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("db_rows")
+CHECK = CheckSpec("db_rows", "This run's requests (plain and streamed) and their responses are logged",
+                  order=4, artifacts=("requests_head.txt", "responses_head.txt"))
+pytestmark = CHECK.mark
 
 DEFAULT_WAIT_S = 10.0
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -59,9 +61,9 @@ def judge(call: CallRecord, found: queries.Found, same_call_id: list[Any], wait_
     return None
 
 
-def test_db_rows(target: Target, db: ReaderDb, run: RunContext, evidence: CheckEvidence) -> None:
+def test_db_rows(target: Target, db: ReaderDb, runbook_calls: RunbookCalls, evidence: CheckResult) -> None:
     req_doc, resp_doc = evidence.sql("requests_head.txt"), evidence.sql("responses_head.txt")
-    calls = run.require_calls()
+    calls = runbook_calls.require()
     wait_s = float(target.vars.get("db_row_wait_s", DEFAULT_WAIT_S))
     causes: list[str] = []
     with db.read("requests/responses") as conn:

@@ -15,17 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
 from acceptance import queries
+from acceptance.spec import CheckSpec
 from evidence_writers.redaction import active
+from evidence_writers.result import CheckResult
 from evidence_writers.writers import render_table
-from fixtures.context import CheckEvidence, Hosts
+from fixtures.context import Hosts
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("db_tls")
+CHECK = CheckSpec("db_tls", "Gateway's database sessions are encrypted (TLS >= 1.2)",
+                  order=7, artifacts=("db_tls.txt",))
+pytestmark = CHECK.mark
 
 MIN_VERSION = (1, 2)
 #: where the runbook puts the gateway's database URL; only its sslmode/sslrootcert are read, never the URL
@@ -98,7 +100,7 @@ def gateway_sslmode(hosts: Hosts) -> str:
     return shown or f"not read: {res.stderr.strip() or f'exit {res.rc}'}"
 
 
-def test_db_tls(target: Target, hosts: Hosts, db: ReaderDb, evidence: CheckEvidence) -> None:
+def test_db_tls(target: Target, hosts: Hosts, db: ReaderDb, evidence: CheckResult) -> None:
     doc = evidence.text("db_tls.txt")
     user, dbname = str(target.vars["db_user"]), str(target.vars["db_name"])
     reader = str(target.vars["db_reader_user"])

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import shlex
 
-import pytest
 from sqlalchemy import bindparam, text
 
 from acceptance import systemd
+from acceptance.spec import CheckSpec
 from evidence_writers.redaction import active, clip
+from evidence_writers.result import CheckResult
 from evidence_writers.writers import SqlResult, render_table
-from fixtures.context import CheckEvidence, Hosts
+from fixtures.context import Hosts
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("gateway_db_connect")
+CHECK = CheckSpec("gateway_db_connect", "Gateway is connected to PostgreSQL (logger journal + live session)",
+                  order=2, artifacts=("gateway_db_connect.log",))
+pytestmark = CHECK.mark
 
 MARK = "gateway_logger: database connection"
 GOOD = ("established", "restored")
@@ -32,7 +35,7 @@ SESSIONS_SQL = text(
 ).bindparams(bindparam("user"), bindparam("db"))
 
 
-def journal_evidence(target: Target, hosts: Hosts, evidence: CheckEvidence) -> str | None:
+def journal_evidence(target: Target, hosts: Hosts, evidence: CheckResult) -> str | None:
     """Journal part: returns the failure cause, or None if the logger reports a live connection."""
     doc = evidence.text("gateway_db_connect.log")
     unit = str(target.vars["gateway_service"])
@@ -65,7 +68,7 @@ def journal_evidence(target: Target, hosts: Hosts, evidence: CheckEvidence) -> s
     return None
 
 
-def probe_evidence(target: Target, db: ReaderDb, evidence: CheckEvidence) -> str | None:
+def probe_evidence(target: Target, db: ReaderDb, evidence: CheckResult) -> str | None:
     """Live part: returns the failure cause, or None if PostgreSQL shows the gateway's session."""
     doc = evidence.text("gateway_db_connect.log")
     user, dbname = str(target.vars["db_user"]), str(target.vars["db_name"])
@@ -96,7 +99,7 @@ def probe_evidence(target: Target, db: ReaderDb, evidence: CheckEvidence) -> str
     return f"no session of {user} from the gateway {gateway_addr} in pg_stat_activity (sessions from: {seen})"
 
 
-def test_gateway_db_connect(target: Target, hosts: Hosts, db: ReaderDb, evidence: CheckEvidence) -> None:
+def test_gateway_db_connect(target: Target, hosts: Hosts, db: ReaderDb, evidence: CheckResult) -> None:
     evidence.text("gateway_db_connect.log").add(
         f"# gateway {target.gateway.address} -> PostgreSQL {target.db_address}:{target.vars['db_port']}"
         f"/{target.vars['db_name']} (inventory group {target.group})")

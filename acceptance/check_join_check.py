@@ -18,17 +18,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import text
 
 from acceptance import queries
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
 from evidence_writers.writers import SqlResult
-from fixtures.context import CheckEvidence, RunContext
+from fixtures.context import LoggedRequests, RunbookCalls, RunContext
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("join_check")
+CHECK = CheckSpec("join_check", "Request-to-response join and table integrity",
+                  order=5, artifacts=("join_check.txt",), run_last=0)
+pytestmark = CHECK.mark
 
 #: every statement of this check gets this much, whatever the table size (the tests fill 10 M rows)
 STATEMENT_TIMEOUT_MS = 2000
@@ -36,14 +39,16 @@ STATEMENT_TIMEOUT_MS = 2000
 WINDOW_MARGIN = timedelta(seconds=30)
 
 
-def test_join_check(target: Target, db: ReaderDb, run: RunContext, evidence: CheckEvidence) -> None:
+def test_join_check(target: Target, db: ReaderDb, run: RunContext, runbook_calls: RunbookCalls,
+                    logged_requests: LoggedRequests, evidence: CheckResult) -> None:
     doc = evidence.sql("join_check.txt")
-    calls = run.require_calls()
+    calls = runbook_calls.require()
+    overhead_ids = logged_requests.of("overhead")
     wait_s = float(target.vars.get("db_row_wait_s", 10.0))
-    ids = [c.request_id for c in calls if c.request_id] + run.overhead_request_ids
+    ids = [c.request_id for c in calls if c.request_id] + overhead_ids
     since = datetime.fromisoformat(run.started) - WINDOW_MARGIN
     doc.add("# this run's calls: " + ", ".join(f"{c.kind} request_id = {c.request_id}" for c in calls)
-            + (f", and check 6's {len(run.overhead_request_ids)} logged requests" if run.overhead_request_ids
+            + (f", and check 6's {len(overhead_ids)} logged requests" if overhead_ids
                else " (check 6 did not run: its requests are not judged)") + f"; {db.label}")
     problems: list[str] = []
     linked: dict[str, int] = {}

@@ -3,8 +3,9 @@
 The logger serves Prometheus metrics on 127.0.0.1 of the gateway host only (``POC1_LOGGER_METRICS_PORT``,
 inventory var ``logger_metrics_port``, default 9464); the check reads them over the suite's SSH session
 with the gateway's own Python, so no port is opened to the network. It reads them twice: once when the
-run starts (acceptance/conftest.py) and here, after the overhead benchmark, so the pool figures of this
-run are the difference of the two (when the gateway did not restart in between).
+run starts (fixture ``logger_metrics_baseline``, acceptance/conftest.py) and here, after the overhead
+benchmark, so the pool figures of this run are the difference of the two (when the gateway did not restart
+in between). The report shows them in its environment table (``pytest_poc1_report_section`` below).
 
 Artifact logger_metrics.txt: the raw ``gateway_logger_*`` lines of both scrapes, then the parsed figures:
 rows written/spooled/dropped, queue and spool depth, connection state, batch write latency (histogram),
@@ -18,19 +19,24 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
-from fixtures.context import CheckEvidence, Hosts
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
+from evidence_writers.sections import ReportSection
+from fixtures.context import Hosts
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("logger_metrics")
+CHECK = CheckSpec("logger_metrics", "Logger metrics: no row dropped, database connected, pool reuse",
+                  order=8, artifacts=("logger_metrics.txt",), run_last=1)
+pytestmark = CHECK.mark
 
 ARTIFACT = "logger_metrics.txt"
 PORT_VAR, DEFAULT_PORT = "logger_metrics_port", 9464
 PREFIX = "gateway_logger_"
-BASELINE_KEY = pytest.StashKey["Scrape | str"]()
 #: run on the gateway by its own Python (always there, unlike curl); no proxy, 5 s bound
 FETCH = (
     "import sys, urllib.request as u; sys.stdout.write(u.build_opener(u.ProxyHandler({})).open("
@@ -99,12 +105,13 @@ def scrape(target: Target, hosts: Hosts) -> Scrape:
     return found
 
 
-def take_baseline(config: pytest.Config, target: Target, hosts: Hosts) -> None:
-    """The reading at the start of the run (never fails the run: the reason is kept instead)."""
+def take_baseline(target: Target, hosts: Hosts) -> "Scrape | str":
+    """The reading at the start of the run (fixture ``logger_metrics_baseline``); never fails the run:
+    the one-line reason is returned instead."""
     try:
-        config.stash[BASELINE_KEY] = scrape(target, hosts)
+        return scrape(target, hosts)
     except Exception as exc:  # noqa: BLE001 - the first check must not fail for this one's sake
-        config.stash[BASELINE_KEY] = one_line(str(exc) or type(exc).__name__, 200)
+        return one_line(str(exc) or type(exc).__name__, 200)
 
 
 def reuse(checkouts: int, connects: int) -> float | None:
@@ -193,11 +200,6 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
         "workers": now.get("workers"),
         "writer_alive": now.values.get("writer_alive"),
     }
-    env = {
-        "Logger rows (since start)": f"written {details['rows_written']}, spooled {details['rows_spooled']}, "
-        f"dropped {details['rows_dropped']}",
-        "Logger DB pool reuse (since start)": reuse_text(co, cn),
-    }
     if isinstance(base, Scrape) and base.started == now.started:
         rco, rcn = co - base.get("pool_checkouts_total"), cn - base.get("pool_connects_total")
         rows = now.get("rows_written_total") - base.get("rows_written_total")
@@ -211,15 +213,40 @@ def figures(now: Scrape, base: Scrape | str | None) -> tuple[list[str], dict]:
             run_reuse_ratio=_round(reuse(rco, rcn)),
             run_rows_written=rows,
         )
-        env["Logger DB pool reuse (this run)"] = reuse_text(rco, rcn)
     else:
         why = "the logger restarted during the run"
         if not isinstance(base, Scrape):
             why = base or "no reading at the start of the run"
         lines.append(f"pool reuse during this run: not measured ({why})")
-        env["Logger DB pool reuse (this run)"] = f"not measured ({why})"
-    details["environment"] = env  # shown in the report's environment table
+        details["run_not_measured"] = why
     return lines, details
+
+
+def environment_rows(details: dict) -> dict[str, str]:
+    """The rows this check adds to the report's environment table, from its manifest details (a bundle
+    from before the report hook kept them ready-made under ``environment``)."""
+    if isinstance(details.get("environment"), dict):
+        return {str(k): str(v) for k, v in details["environment"].items()}
+    rows = {
+        "Logger rows (since start)": f"written {details.get('rows_written')}, spooled "
+        f"{details.get('rows_spooled')}, dropped {details.get('rows_dropped')}",
+        "Logger DB pool reuse (since start)": reuse_text(int(details.get("pool_checkouts") or 0),
+                                                         int(details.get("pool_connects") or 0)),
+    }
+    if "run_pool_checkouts" in details:
+        rows["Logger DB pool reuse (this run)"] = reuse_text(int(details["run_pool_checkouts"]),
+                                                             int(details.get("run_pool_connects") or 0))
+    else:
+        rows["Logger DB pool reuse (this run)"] = f"not measured ({details.get('run_not_measured')})"
+    return rows
+
+
+@pytest.hookimpl
+def pytest_poc1_report_section(result: CheckResult, bundle: Path) -> ReportSection | None:
+    """The logger's rows and pool reuse in the report's environment table (no visible section)."""
+    if result.id != CHECK.id or not result.details:
+        return None
+    return ReportSection(environment=environment_rows(result.details))
 
 
 def _ms(seconds: float | None) -> str:
@@ -231,7 +258,7 @@ def _round(x: float | None) -> float | None:
 
 
 def test_logger_metrics(
-    request: pytest.FixtureRequest, target: Target, hosts: Hosts, evidence: CheckEvidence
+    logger_metrics_baseline: "Scrape | str | None", target: Target, hosts: Hosts, evidence: CheckResult
 ) -> None:
     doc = evidence.text(ARTIFACT)
     doc.add(
@@ -239,7 +266,7 @@ def test_logger_metrics(
         f"{port(target)}/metrics (inventory group {target.group}); pass = no row dropped since the logger "
         "started and the database connection up"
     )
-    base = request.config.stash.get(BASELINE_KEY, None)
+    base = logger_metrics_baseline
     now = scrape(target, hosts)
     if isinstance(base, Scrape):
         doc.section(f"at the start of the run ({_utc(base.at)})", list(base.lines))

@@ -14,12 +14,10 @@ its extra_info carries the A/B figures.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,36 +27,31 @@ from acceptance import overhead_control as control
 from acceptance import overhead_options
 from acceptance import overhead_probe as probe
 from acceptance import overhead_stats as stats
-from evidence_writers.bundle import ArtifactRecord
-from evidence_writers.writers import utc_now
-from fixtures.context import CheckEvidence, RunContext
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
+from evidence_writers.sections import ReportSection
+from fixtures.context import LoggedRequests, RunContext
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure, failing_as, one_line
 from fixtures.inventory import Target
 
-pytestmark = [pytest.mark.check("overhead"), pytest.mark.benchmark(group="poc1-overhead")]
+CHECK = CheckSpec("overhead", "DB-logging overhead benchmark",
+                  order=6, artifacts=("overhead_benchmark.json", "overhead_histogram.png"))
+pytestmark = [CHECK.mark, pytest.mark.benchmark(group="poc1-overhead")]
 
-ARTIFACT_JSON = "overhead_benchmark.json"
-ARTIFACT_PNG = "overhead_histogram.png"
+ARTIFACT_JSON, ARTIFACT_PNG = CHECK.artifacts
 #: one chat call through the stand-in takes ~20 ms; 5 s means the gateway is stuck, not slow
 REQUEST_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
 
-def _write_png(run: RunContext, data: bytes, outcome: str) -> None:
-    """Put the picture into the bundle and its manifest record.
+@pytest.hookimpl
+def pytest_poc1_report_section(result: CheckResult, bundle: Path) -> ReportSection | None:
+    """Check 6's criteria, figures and histogram in the sign-off report (acceptance/overhead_report.py)."""
+    if result.id != CHECK.id:
+        return None
+    from acceptance import overhead_report
 
-    The bundle's writers are text writers (they redact); a PNG has no text to redact, so it is recorded
-    directly with the same facts (hash, size, time) as every other artifact.
-    """
-    target = run.bundle.directory / ARTIFACT_PNG
-    fd, tmp = tempfile.mkstemp(prefix=f".{ARTIFACT_PNG}.", dir=target.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-    run.bundle.records[ARTIFACT_PNG] = ArtifactRecord(
-        path=ARTIFACT_PNG, sha256=hashlib.sha256(data).hexdigest(), size=len(data), check="overhead",
-        outcome=outcome, time=utc_now())
+    return overhead_report.section(result, bundle)
 
 
 def _benchmark_extra(document: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +65,7 @@ def _benchmark_extra(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContext, db: ReaderDb,
-                  evidence: CheckEvidence, benchmark: Any) -> None:
+                  evidence: CheckResult, logged_requests: LoggedRequests, benchmark: Any) -> None:
     limits = overhead_options.limits(request.config)
     plan = overhead_options.plan(request.config)
     doc = evidence.json(ARTIFACT_JSON)
@@ -126,7 +119,7 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
         run_id=run.run_id, target=target.group, plan=plan, limits=limits, pairs=pairs, tp_blocks=tp_blocks,
         tp_samples=tp_samples, created=created, clock=clock, duration_s=time.monotonic() - t0,
         responses=responses)
-    run.overhead_request_ids = [i for i in logged_ids if i in created]  # check 5 judges them too
+    logged_requests.add(CHECK.id, [i for i in logged_ids if i in created])  # check 5 judges them too
     doc.data.update(document)
     verdict = document["verdict"]
     added = document["added_latency"]["shift"]["p95"]
@@ -137,7 +130,7 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, run: RunContex
         series.logged_ms, series.unlogged_ms, series.lag_values,
         title=(f"POC-1 check 6 - run {run.run_id}, target {target.group}: added p95 {added['point']:.2f} ms "
                f"(95% CI {added['low']:.2f}..{added['high']:.2f}; limit {limits.overhead_ms:g} ms)"))
-    _write_png(run, png, "passed" if verdict["passed"] else "failed")
+    evidence.binary(ARTIFACT_PNG).payload = png
 
     benchmark.extra_info.update(_benchmark_extra(document))
     evidence.details.update(

@@ -12,18 +12,22 @@ import shlex
 import pytest
 
 from acceptance import systemd, unit_history
-from fixtures.context import CheckEvidence, Hosts, RunContext
+from acceptance.spec import CheckSpec
+from evidence_writers.result import CheckResult
+from fixtures.context import Hosts, RunContext
 from fixtures.errors import CheckFailure
 from fixtures.inventory import Target
 
-pytestmark = pytest.mark.check("service_status")
+CHECK = CheckSpec("service_status", "litellm-gateway service is active (running)",
+                  order=1, artifacts=("service_status.txt",), run_last=2)
+pytestmark = CHECK.mark
 
 PROPS = ("LoadState", "ActiveState", "SubState", "Result", "MainPID", "NRestarts", "MemoryCurrent",
          "ActiveEnterTimestamp", "ExecMainStartTimestamp", "InvocationID", "FragmentPath")
 
 
-def test_service_status(request: pytest.FixtureRequest, target: Target, hosts: Hosts, run: RunContext,
-                        evidence: CheckEvidence) -> None:
+def test_service_status(request: pytest.FixtureRequest, unit_baseline: object, target: Target, hosts: Hosts,
+                        run: RunContext, evidence: CheckResult) -> None:
     doc = evidence.text("service_status.txt")
     unit = str(target.vars["gateway_service"])
     gw = target.gateway
@@ -73,7 +77,7 @@ def test_service_status(request: pytest.FixtureRequest, target: Target, hosts: H
     history_causes: list[str] = []
     if props.get("LoadState") != "not-found":
         now_reading = unit_history.UnitReading.read(session, unit, run.run_id)
-        start = request.config.stash.get(unit_history.BASELINE_KEY, None)
+        start = unit_baseline
         path = unit_history.state_path(request.config.getoption("unit_state"), run.evidence_dir, target.group)
         previous = unit_history.load_previous(path, gw.name)
         history_causes, notes = unit_history.judge(now_reading, start, previous, f"gateway {gw.address}")

@@ -3,8 +3,8 @@ artifacts written pass or fail, and manifest.json at the end.
 
 Activated by the root conftest.py only when the run collects acceptance/ (a bare ``pytest`` or
 ``pytest --hosts=NAME``), so ``pytest tests`` never touches the evidence directory.
-Later additions (check 6, the HTML report) read ``config.stash[PLUGIN_KEY]``: ``records`` (per-check
-outcome, one-line cause, artifacts, duration), ``ctx`` (target, bundle) and ``manifest`` (after the run).
+The HTML report reads ``config.stash[PLUGIN_KEY]``: ``ctx`` (target, bundle; ``ctx.evidence``: each check's
+``CheckResult``, evidence_writers/result.py) and ``manifest`` (after the run).
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from acceptance import registry, versions
+from acceptance import hookspecs, registry, versions
 from evidence_writers.bundle import EvidenceDirError
-from evidence_writers.manifest import CheckRecord, build_manifest
+from evidence_writers.manifest import build_manifest
 from evidence_writers.redaction import SecretLeak
+from evidence_writers.result import CheckResult
 from fixtures.context import RUN_KEY, RunContext
 from fixtures.errors import CheckFailure, first_line, one_line
 from fixtures.inventory import InventoryError, load_target
@@ -30,11 +31,6 @@ SEVERITY = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 CAUSE_LIMIT = 500  # characters of a one-line cause (two-part causes, e.g. journal + probe, must both fit)
 
 
-def implemented_checks() -> list[str]:
-    """Registry checks that have a module (acceptance/check_<id>.py); the others are 'missing'."""
-    return [c.id for c in registry.CHECKS if (ACCEPTANCE_DIR / f"check_{c.id}.py").is_file()]
-
-
 def is_acceptance_run(config: pytest.Config) -> bool:
     """True if any collection argument is acceptance/, inside it, or a directory containing it."""
     base = Path(config.invocation_params.dir)
@@ -43,6 +39,11 @@ def is_acceptance_run(config: pytest.Config) -> bool:
         if path == ACCEPTANCE_DIR or ACCEPTANCE_DIR in path.parents or path in ACCEPTANCE_DIR.parents:
             return True
     return False
+
+
+def artifact_kind(name: str) -> str:
+    """The kind of a declared artifact by its name: .json → json, .png → binary, else text."""
+    return "json" if name.endswith(".json") else "binary" if name.endswith(".png") else "text"
 
 
 def check_id(item: pytest.Item) -> str | None:
@@ -73,6 +74,7 @@ def configure(config: pytest.Config) -> None:
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "poc1-acceptance")
     config.pluginmanager.import_plugin("fixtures.plugin")
+    hookspecs.install(config.pluginmanager)  # each check's report section (pytest_poc1_report_section)
 
 
 class _Progress:
@@ -92,7 +94,6 @@ class AcceptancePlugin:
     def __init__(self, config: pytest.Config, ctx: RunContext) -> None:
         self.config = config
         self.ctx = ctx
-        self.records: dict[str, CheckRecord] = {}
         self.manifest: dict[str, Any] | None = None
         self.manifest_path: Path | None = None
         self._progress: dict[str, _Progress] = {}
@@ -145,14 +146,14 @@ class AcceptancePlugin:
         return report
 
     def _finish(self, cid: str, progress: _Progress) -> None:
-        """Write the check's artifacts (with its outcome) and fold the result into its record."""
+        """Write the check's artifacts (with its outcome) and fold this test's outcome into its result."""
         outcome = progress.outcome or "error"
         cause = progress.cause if outcome != "passed" else None
         spec = registry.BY_ID[cid]
-        evidence = self.ctx.evidence_for(cid)
+        evidence = self.ctx.evidence_for(cid, spec.title)
         for name in spec.artifacts:
-            if name not in evidence.documents:
-                kind = "json" if name.endswith(".json") else "text"
+            kind = artifact_kind(name)
+            if name not in evidence.documents and kind != "binary":  # a picture cannot say why it is absent
                 doc = evidence.json(name) if kind == "json" else evidence.text(name)
                 note = f"check {cid} ended before writing this artifact"
                 if kind == "json":
@@ -166,16 +167,19 @@ class AcceptancePlugin:
                 written.append(doc.name)
             except (SecretLeak, OSError, ValueError) as exc:
                 outcome, cause = "error", one_line(f"evidence {doc.name}: {first_line(exc)}")
-        record = self.records.get(cid)
-        if record is None:
-            record = self.records[cid] = CheckRecord(id=cid, title=spec.title, outcome=outcome, cause=cause)
-        elif SEVERITY[outcome] > SEVERITY[record.outcome]:
-            record.outcome, record.cause = outcome, cause
-        record.artifacts = sorted(set(record.artifacts) | set(written), key=list(evidence.documents).index)
-        record.duration_s += progress.duration
-        record.details = dict(evidence.details)
+        if evidence.outcome is None or SEVERITY[outcome] > SEVERITY[evidence.outcome]:
+            evidence.outcome, evidence.cause = outcome, cause
+        order = list(evidence.documents).index
+        evidence.artifacts = sorted(set(evidence.artifacts) | set(written), key=order)
+        evidence.duration_s += progress.duration
         for name in written:  # the artifact records carry their check's final outcome
-            self.ctx.bundle.records[name].outcome = record.outcome
+            self.ctx.bundle.records[name].outcome = evidence.outcome
+
+    @property
+    def results(self) -> list[CheckResult]:
+        """The results of the checks that ran, in the registry's order."""
+        done = [r for r in self.ctx.evidence.values() if r.outcome is not None]
+        return sorted(done, key=lambda r: registry.ORDER[r.id])
 
     # -- end of run ------------------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -186,15 +190,12 @@ class AcceptancePlugin:
             t0 = time.monotonic()
             lock = versions.collect(self.ctx)
             versions_s = time.monotonic() - t0
-            implemented = implemented_checks()
-            ordered = sorted(self.records.values(), key=lambda r: registry.ORDER[r.id])
             self.manifest = build_manifest(
                 run_id=self.ctx.run_id, started=self.ctx.started,
                 finished=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 target=self.ctx.target.group,
                 hosts={h.name: h.address for h in self.ctx.target.hosts.values()},
-                checks=ordered, required=implemented,
-                missing=[c.id for c in registry.CHECKS if c.id not in implemented],
+                checks=self.results, required=[c.id for c in registry.CHECKS], missing=[],
                 artifacts=sorted(self.ctx.bundle.records.values(),
                                  key=lambda a: (registry.ORDER.get(a.check, 99), a.path)),
                 versions=lock,
@@ -209,7 +210,7 @@ class AcceptancePlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
         tr.section("POC-1 acceptance")
-        for rec in sorted(self.records.values(), key=lambda r: registry.ORDER[r.id]):
+        for rec in self.results:
             line = f"{rec.outcome.upper():7} {rec.id:19} {rec.duration_s:6.2f}s"
             tr.write_line(line + (f"  {rec.cause}" if rec.cause else ""))
         if self.manifest is not None:

@@ -1,47 +1,59 @@
-"""The acceptance checks of the closeout pack, in the order they run.
+"""The acceptance checks of the closeout pack, collected from their modules' ``CHECK`` declarations.
 
-Why a registry: the manifest, the verdict, the HTML report and the scheduled runs all need the same
-list of check ids, titles and artifact names, including checks whose module is not written yet (a
-check with no module is listed as missing and does not run). A check module declares itself with
-``pytestmark = pytest.mark.check("<id>")``.
+Why a registry: the manifest, the verdict, the HTML report and the scheduled runs all need the same list of
+check ids, titles and artifact names. Each ``acceptance/check_*.py`` declares itself once
+(``CHECK = CheckSpec(...)``, acceptance/spec.py, used by its ``pytestmark``); this module imports them and
+orders them. Run order: check 5 (join_check) judges every call the run made, check 6's included, so it runs
+after it; check 1 (service_status) runs last, so it sees whether the unit restarted while the others ran
+(each of these says so with ``run_last``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+
+from acceptance.spec import CheckSpec
+
+PACKAGE = Path(__file__).resolve().parent
+PREFIX = "check_"
 
 
-@dataclass(frozen=True)
-class CheckSpec:
-    id: str
-    title: str
-    #: files the check always leaves in the evidence dir (a placeholder if it ended before writing one)
-    artifacts: tuple[str, ...]
+#: check id -> its module (registered as a pytest plugin for the report hook, acceptance/hookspecs.py)
+MODULES: dict[str, ModuleType] = {}
 
 
-CHECKS: tuple[CheckSpec, ...] = (
-    CheckSpec("service_status", "litellm-gateway service is active (running)", ("service_status.txt",)),
-    CheckSpec("gateway_db_connect", "Gateway is connected to PostgreSQL (logger journal + live session)",
-              ("gateway_db_connect.log",)),
-    CheckSpec("chat_call", "Runbook chat call returns HTTP 200 with a completion, plain and streamed",
-              ("chat_call.json", "chat_stream.json")),
-    CheckSpec("db_rows", "This run's requests (plain and streamed) and their responses are logged",
-              ("requests_head.txt", "responses_head.txt")),
-    CheckSpec("join_check", "Request-to-response join and table integrity", ("join_check.txt",)),
-    # check 6: written by its own module (acceptance/check_overhead.py), which declares its artifacts here
-    CheckSpec("overhead", "DB-logging overhead benchmark", ()),
-    # production prerequisites beyond the closeout pack's six, after them
-    CheckSpec("db_tls", "Gateway's database sessions are encrypted (TLS >= 1.2)", ("db_tls.txt",)),
-    CheckSpec("logger_metrics", "Logger metrics: no row dropped, database connected, pool reuse",
-              ("logger_metrics.txt",)),
-    CheckSpec("code_identity", "The gateway runs the repository's code, unchanged since it started",
-              ("code_identity.txt",)),
-)
+def discover() -> tuple[CheckSpec, ...]:
+    """Every ``acceptance/check_*.py``'s ``CHECK``, in display order; a module without one, a duplicate id or
+    order, or a module named for another id is a programming error (raised at import, one line)."""
+    found: list[CheckSpec] = []
+    for info in sorted(pkgutil.iter_modules([str(PACKAGE)]), key=lambda m: m.name):
+        if not info.name.startswith(PREFIX):
+            continue
+        module = importlib.import_module(f"acceptance.{info.name}")
+        spec = getattr(module, "CHECK", None)
+        if not isinstance(spec, CheckSpec):
+            raise RuntimeError(f"acceptance/{info.name}.py declares no CHECK = CheckSpec(...)")
+        if info.name != PREFIX + spec.id:
+            raise RuntimeError(f"acceptance/{info.name}.py declares check {spec.id!r}: "
+                               f"name it {PREFIX}{spec.id}.py")
+        found.append(spec)
+        MODULES[spec.id] = module
+    for attr in ("id", "order"):
+        values = [getattr(s, attr) for s in found]
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        if dupes:
+            raise RuntimeError(f"acceptance checks share {attr}: {', '.join(dupes)}")
+    return tuple(sorted(found, key=lambda s: s.order))
 
+
+CHECKS: tuple[CheckSpec, ...] = discover()
 BY_ID: dict[str, CheckSpec] = {c.id: c for c in CHECKS}
 #: the order checks are listed in (manifest, report, summary): the closeout pack's numbering
 ORDER: dict[str, int] = {c.id: i for i, c in enumerate(CHECKS)}
-#: the order they run in: check 5 judges every call the run made, check 6's included, so it runs after it;
-#: check 1 runs last, so it sees whether the unit restarted while the others ran
-RUN_LAST = ("join_check", "logger_metrics", "service_status")
+#: the checks that run after all others, in the order they run
+RUN_LAST: tuple[str, ...] = tuple(c.id for c in sorted((c for c in CHECKS if c.run_last is not None),
+                                                        key=lambda c: c.run_last or 0))
 RUN_ORDER: dict[str, int] = {cid: i for i, cid in enumerate(
-    [c.id for c in CHECKS if c.id not in RUN_LAST] + list(RUN_LAST))}
+    [c.id for c in CHECKS if c.run_last is None] + list(RUN_LAST))}

@@ -20,12 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from acceptance import systemd
 from fixtures.ssh import SshSession
 
-BASELINE_KEY = pytest.StashKey["UnitReading | str"]()
 PROPS = ("InvocationID", "ActiveEnterTimestamp", "NRestarts", "ActiveState", "SubState")
 
 

@@ -3,41 +3,22 @@
 Keys: run_id, started, finished, target, hosts, verdict, checks, artifacts, versions, versions_digest
 (plus missing_checks and not_run: which checks had no implementation / were not run; required_checks: the
 registry the verdict was judged against; waivers: the waiver file, applied and ignored entries). Keep them.
-The verdict is evidence_writers/verdict.py's rule, the only one.
+``checks`` is the list of the run's ``CheckResult``s (evidence_writers/result.py) as they are, the rest
+the run's facts. The verdict is evidence_writers/verdict.py's rule, the only one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from evidence_writers import verdict as rule
 from evidence_writers import waivers as waiver_file
 from evidence_writers.bundle import ArtifactRecord
+from evidence_writers.result import CheckResult
+from evidence_writers.result import outcomes as outcomes_of
 
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class CheckRecord:
-    """The per-check outcome record: what a check concluded, in one line, and what it wrote."""
-
-    id: str
-    title: str
-    outcome: str
-    cause: str | None = None
-    artifacts: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
-    #: small parsed facts a check reports beside its artifacts (e.g. ActiveState, latency, call id)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "title": self.title, "outcome": self.outcome, "cause": self.cause,
-               "artifacts": list(self.artifacts), "duration_s": round(self.duration_s, 3)}
-        if self.details:
-            out["details"] = dict(self.details)
-        return out
 
 
 def versions_digest(versions: dict[str, Any]) -> str:
@@ -45,16 +26,9 @@ def versions_digest(versions: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def verdict(checks: Sequence[CheckRecord], required: Iterable[str]) -> tuple[str, list[str]]:
-    """The one rule (evidence_writers/verdict.py) without waivers; returns (verdict, required checks that
-    did not run). ``required`` is every check the run had to pass (the manifest passes the registry)."""
-    decision = rule.decide({c.id: c.outcome for c in checks}, list(required))
-    return decision.verdict, list(decision.not_run)
-
-
 def build_manifest(
     *, run_id: str, started: str, finished: str, target: str, hosts: dict[str, str],
-    checks: Sequence[CheckRecord], required: Sequence[str], missing: Sequence[str],
+    checks: Sequence[CheckResult], required: Sequence[str], missing: Sequence[str],
     artifacts: Iterable[ArtifactRecord], versions: dict[str, Any], extra: dict[str, Any] | None = None,
     waivers: waiver_file.WaiverFile | None = None, titles: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -67,7 +41,7 @@ def build_manifest(
     registered = sorted(dict.fromkeys([*required, *missing]), key=lambda c: registry.ORDER.get(c, 99))
     if waivers is None:
         waivers = waiver_file.load(waiver_file.configured_path())
-    outcomes = {c.id: c.outcome for c in checks}
+    outcomes = outcomes_of(checks)
     waived = waiver_file.manifest_section(waivers, outcomes, registered, started)
     decision = rule.decide(outcomes, registered, [w["check"] for w in waived["applied"]])
     not_run = [cid for cid in required if cid not in outcomes]

@@ -1,38 +1,34 @@
 """The sign-off report: pytest-html hooks that open report.html with what a signer reads first.
 
-Top of the page, in this order: the verdict and every check of acceptance/registry.py (the closeout
-pack's five, the overhead check, and any added after them: PASS/FAIL/WAIVED, one-line cause, links into
-the bundle), the waivers (applied, and ignored with the reason), the overhead figures and histogram
-(inline, so the one file can be mailed), the sign-off block, then pytest-html's environment table
-(target, hosts, versions lock, run id, git commit, and any rows a check puts in its manifest details
-under ``environment``, e.g. the logger's pool reuse) and its per-test table. Everything comes from the
-run's manifest (acceptance/plugin.py) and check 6's overhead_benchmark.json, so the report cannot say
-anything the bundle does not.
+Top of the page, in this order: the verdict and every check the run had to pass (PASS/FAIL/WAIVED,
+one-line cause, links into the bundle), the waivers (applied, and ignored with the reason), the sections
+the checks contribute through the ``pytest_poc1_report_section`` hook (acceptance/hookspecs.py; e.g. check
+6's overhead figures and histogram, inline, so the one file can be mailed), the sign-off block, then
+pytest-html's environment table (target, hosts, versions lock, run id, git commit, and the rows sections
+add, e.g. the logger's pool reuse) and its per-test table. Everything comes from the run's manifest and
+the bundle's files, so the report cannot say anything the bundle does not; the markup is Jinja2 templates
+(evidence_writers/templates/report_*.html.j2, autoescaped), and this module imports no check.
 
 Active only when pytest-html writes a report for an acceptance run (``--html``); inert otherwise.
 """
 from __future__ import annotations
 
-import base64
 import getpass
-import json
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Collection
 from datetime import datetime
-from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
 
-from acceptance import registry
 from evidence_writers import verdict as rule
+from evidence_writers.result import CheckResult, of_manifest
+from evidence_writers.sections import ReportSection
+from evidence_writers.templating import html_environment
 
 REPORT_TITLE = "POC-1 sign-off: LiteLLM Gateway + SQLAlchemy logging"
-OVERHEAD_JSON = "overhead_benchmark.json"
-OVERHEAD_PNG = "overhead_histogram.png"
-SHOWN = {"passed": "PASS", "failed": "FAIL", "error": "FAIL", "skipped": "SKIPPED", None: "NOT RUN"}
 
 #: pytest-html puts its environment table above the summary; the signer reads the verdict first
 CSS = """
@@ -58,66 +54,31 @@ body > footer { order: 4; }
 """
 
 
-@dataclass(frozen=True)
-class Row:
-    """One line of the summary table."""
-
-    id: str
-    title: str
-    shown: str
-    cause: str | None
-    artifacts: tuple[str, ...]
-    outcome: str | None = None  # as recorded; None = the check did not run
-    waived: bool = False
+def _template(name: str, **context: Any) -> str:
+    return html_environment().get_template(name).render(**context).strip()
 
 
-def check_rows(manifest: dict[str, Any]) -> list[Row]:
-    """Every check of the registry, in order, each with its outcome in this run (NOT RUN if absent;
-    WAIVED for a failure the one verdict rule excuses with an applied waiver)."""
-    recorded = {c["id"]: c for c in manifest.get("checks", [])}
-    waived = set(rule.decide_manifest(manifest).waived)
-    by_check: dict[str, list[str]] = {}
-    for art in manifest.get("artifacts", []):
-        by_check.setdefault(art.get("check"), []).append(art["path"])
-    rows = []
-    for spec in registry.CHECKS:
-        rec = recorded.get(spec.id)
-        outcome = rec.get("outcome") if rec else None
-        arts = list(rec.get("artifacts", [])) if rec else []
-        arts += [a for a in by_check.get(spec.id, []) if a not in arts]
-        cause = rec.get("cause") if rec else "the check did not run"
-        shown = "WAIVED" if spec.id in waived else SHOWN.get(outcome, "FAIL")
-        rows.append(Row(spec.id, rec.get("title", spec.title) if rec else spec.title, shown, cause,
-                        tuple(arts), outcome, spec.id in waived))
-    return rows
+def check_rows(manifest: dict[str, Any]) -> list[CheckResult]:
+    """Every check the run had to pass, in order, each with its outcome in this run (NOT RUN if absent)."""
+    return of_manifest(manifest)
 
 
-def verdict(rows: Sequence[Row]) -> str:
-    """The one verdict rule (evidence_writers/verdict.py) over the rows: every registered check."""
-    outcomes = {r.id: r.outcome for r in rows if r.outcome is not None}
-    return rule.decide(outcomes, [r.id for r in rows], [r.id for r in rows if r.waived]).verdict
+def _href(bundle: Path, report_dir: Path) -> Any:
+    return lambda name: os.path.relpath(bundle / name, report_dir)
 
 
-def css_class(decision: str) -> str:
-    return decision.replace(" ", "-")
+def summary_html(rows: Sequence[CheckResult], bundle: Path, report_dir: Path,
+                 waived: Collection[str] = ()) -> str:
+    """The table of checks: result (WAIVED for a waived failure), cause unless passed, artifact links."""
+    decision = rule.Decision("", (), tuple(waived), (), (), 0)
+    return _template("report_checks.html.j2", results=rows, decision=decision, href=_href(bundle, report_dir))
 
 
 def waivers_html(manifest: dict[str, Any]) -> str:
     """Each applied waiver (who, until when, why) and each ignored one with its reason."""
     section = manifest.get("waivers") or {}
-    applied, ignored = section.get("applied") or [], section.get("ignored") or []
-    if not applied and not ignored:
-        return '<p id="poc1-waivers-none">No waiver applied.</p>'
-    rows = "".join(
-        f'<tr data-check="{escape(w["check"])}" class="applied"><td><code>{escape(w["check"])}</code></td>'
-        f'<td class="outcome WAIVED">WAIVED</td><td>{escape(w["justification"])}</td>'
-        f'<td>{escape(w["approved_by"])}</td><td>{escape(w["expires"])}</td></tr>' for w in applied)
-    for i in ignored:
-        cid, reason = escape(str(i.get("check"))), escape(str(i.get("reason")))
-        rows += (f'<tr data-check="{cid}" class="ignored"><td><code>{cid}</code></td><td>ignored</td>'
-                 f'<td colspan="3">{reason}</td></tr>')
-    return ('<table id="poc1-waivers"><thead><tr><th>check</th><th>waiver</th><th>justification</th>'
-            f"<th>approved by</th><th>expires</th></tr></thead><tbody>{rows}</tbody></table>")
+    return _template("report_waivers.html.j2", applied=section.get("applied") or [],
+                     ignored=section.get("ignored") or [])
 
 
 def signer() -> str:
@@ -126,113 +87,16 @@ def signer() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _link(name: str, bundle: Path, report_dir: Path) -> str:
-    href = os.path.relpath(bundle / name, report_dir)
-    return f'<a class="artifact" href="{escape(href)}">{escape(name)}</a>'
+def sections(manifest: dict[str, Any], bundle: Path, hook: Any = None) -> list[ReportSection]:
+    """What the checks contribute (``pytest_poc1_report_section``), in the order of the checks."""
+    if hook is None:
+        from acceptance.hookspecs import standalone_hook
 
-
-def summary_html(rows: Sequence[Row], bundle: Path, report_dir: Path) -> str:
-    body = []
-    for n, r in enumerate(rows, 1):
-        links = " ".join(_link(a, bundle, report_dir) for a in r.artifacts) or "&mdash;"
-        cause = escape(r.cause) if r.cause and r.shown != "PASS" else ""
-        body.append(
-            f'<tr data-check="{escape(r.id)}"><td>{n}</td><td>{escape(r.title)}<br>'
-            f'<code>{escape(r.id)}</code></td><td class="outcome {r.shown.replace(" ", "-")}">{r.shown}</td>'
-            f'<td class="cause">{cause}</td><td>{links}</td></tr>')
-    return ('<table id="poc1-checks"><thead><tr><th>#</th><th>check</th><th>result</th><th>cause</th>'
-            "<th>artifacts</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
-
-
-def _fmt(value: Any, unit: str = " ms") -> str:
-    if value is None:
-        return "&mdash;"
-    if isinstance(value, float):
-        return f"{value:.2f}{unit}"
-    return f"{escape(str(value))}{unit}"
-
-
-def overhead_html(doc: dict[str, Any] | None, png: bytes | None) -> str:
-    """The figures of check 6 and its histogram, inline."""
-    if not doc:
-        return "<p>Check 6 left no overhead_benchmark.json: no figures.</p>"
-    if "verdict" not in doc:  # the measurement ended early (e.g. the gateway stopped answering)
-        return (f'<p id="poc1-overhead-error">Not measured: '
-                f'{escape(str(doc.get("error") or "the check ended before its figures were computed"))}</p>')
-    parts = []
-    verdict_ = doc.get("verdict") or {}
-    if verdict_.get("criteria"):
-        crit = "".join(
-            f'<tr><td>{escape(c["name"])}</td><td class="num">{_fmt(c["measured"], "")}</td>'
-            f'<td>{escape(c["limit"])}</td><td class="outcome {"PASS" if c["ok"] else "FAIL"}">'
-            f'{"PASS" if c["ok"] else "FAIL"}</td></tr>' for c in verdict_["criteria"])
-        parts.append('<table id="poc1-overhead-criteria"><thead><tr><th>criterion</th><th>measured</th>'
-                     f"<th>limit</th><th>result</th></tr></thead><tbody>{crit}</tbody></table>")
-    shift = (doc.get("added_latency") or {}).get("shift") or {}
-    lat = doc.get("latency_ms") or {}
-    hdr = (doc.get("litellm_headers") or {}).get("overhead_duration_ms") or {}
-    cb = (doc.get("litellm_headers") or {}).get("callback_duration_ms") or {}
-    lag = (doc.get("durability_lag_ms") or {})
-    rows = []
-    for q in ("p50", "p95", "p99"):
-        s = shift.get(q) or {}
-        ci = f"{s['low']:.2f} .. {s['high']:.2f}" if "low" in s else "&mdash;"
-        rows.append(
-            f"<tr><td>{q}</td>"
-            + "".join(f'<td class="num">{_fmt((lat.get(arm) or {}).get(q))}</td>'
-                      for arm in ("logged", "unlogged"))
-            + f'<td class="num">{_fmt(s.get("point"))}</td><td class="num">{ci}</td>'
-            + f'<td class="num">{_fmt((lag.get("interleaved") or {}).get(q))}</td>'
-            + "".join(f'<td class="num">{_fmt((src.get(arm) or {}).get(q))}</td>'
-                      for src in (hdr, cb) for arm in ("logged", "unlogged"))
-            + "</tr>")
-    parts.append(
-        '<table id="poc1-overhead-figures"><thead><tr><th rowspan="2"></th>'
-        '<th colspan="2">client latency</th>'
-        '<th colspan="2">added (on &minus; off)</th><th rowspan="2">durability lag</th>'
-        '<th colspan="2">LiteLLM x-litellm-overhead-duration-ms</th>'
-        '<th colspan="2">LiteLLM x-litellm-callback-duration-ms</th></tr>'
-        "<tr><th>logging on</th><th>logging off</th><th>point</th><th>95% CI</th>"
-        "<th>on</th><th>off</th><th>on</th><th>off</th></tr></thead><tbody>" + "".join(rows)
-        + "</tbody></table>")
-    tp = doc.get("throughput") or {}
-    comp = doc.get("completeness") or {}
-    facts = [
-        ("throughput, logging on", _fmt((tp.get("logged") or {}).get("rps"), " req/s")),
-        ("throughput, logging off", _fmt((tp.get("unlogged") or {}).get("rps"), " req/s")),
-        ("wall time added per logged request (throughput blocks)", _fmt(tp.get("added_wall_ms_per_request"))),
-        ("durability lag under concurrency, p95", _fmt((lag.get("under_concurrency") or {}).get("p95"))),
-        ("durability lag trend (backlog)", _fmt(lag.get("backlog_slope_ms_per_s"), " ms per s")),
-        ("clock offset database - runner", _fmt((lag.get("clock") or {}).get("offset_ms"))),
-        ("requests (logged / unlogged, incl. throughput)",
-         f"{comp.get('logged_sent', '?')} / {comp.get('unlogged_sent', '?')}"),
-        ("rows found for logged / for control-listener requests",
-         f"{comp.get('logged_rows', '?')} / {comp.get('unlogged_rows', '?')}"),
-        ("check duration", _fmt(doc.get("duration_s"), " s")),
-    ]
-    parts.append('<table id="poc1-overhead-facts"><tbody>' + "".join(
-        f'<tr><td>{escape(k)}</td><td class="num">{v}</td></tr>' for k, v in facts) + "</tbody></table>")
-    if png:
-        data = base64.b64encode(png).decode()
-        parts.append(f'<img class="histogram" id="poc1-histogram" alt="overhead histogram" '
-                     f'src="data:image/png;base64,{data}">')
-    method = doc.get("method") or {}
-    if method:
-        parts.append('<details class="method"><summary>Method</summary><dl>' + "".join(
-            f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{escape(v)}</dd>" for k, v in method.items())
-            + "</dl></details>")
-    return "".join(parts)
-
-
-def signoff_html(manifest: dict[str, Any], decision: str, who: str, when: str) -> str:
-    commit = ((manifest.get("versions") or {}).get("suite") or {})
-    rev = commit.get("commit", "unknown") + (" (uncommitted changes)" if commit.get("dirty") else "")
-    facts = [("verdict", f'<span class="verdict {css_class(decision)}">{decision}</span>'),
-             ("rule", escape(f"{rule.RULE} ({len(registry.CHECKS)} registered checks)")),
-             ("date", escape(when)), ("run by", escape(who)), ("run id", escape(str(manifest.get("run_id")))),
-             ("target", escape(str(manifest.get("target")))), ("git commit", escape(rev))]
-    return '<table id="poc1-signoff"><tbody>' + "".join(
-        f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</tbody></table>"
+        hook = standalone_hook()
+    found: list[ReportSection] = []
+    for result in check_rows(manifest):
+        found += [s for s in hook.pytest_poc1_report_section(result=result, bundle=bundle) if s]
+    return found
 
 
 def _flat(value: Any) -> Any:
@@ -248,8 +112,9 @@ def _flat_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def environment(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Entries for pytest-html's environment table."""
+def environment(manifest: dict[str, Any], found: Sequence[ReportSection] | None = None) -> dict[str, Any]:
+    """Entries for pytest-html's environment table: the run's facts, then the sections' rows (default:
+    the sections the checks give for ``manifest`` with no bundle files)."""
     versions = manifest.get("versions") or {}
     suite = versions.get("suite") or {}
     gw = versions.get("gateway") or {}
@@ -271,30 +136,24 @@ def environment(manifest: dict[str, Any]) -> dict[str, Any]:
         + (" (uncommitted changes)" if suite.get("dirty") else ""),
         "Started / finished": f"{manifest.get('started')} / {manifest.get('finished')}",
     }
-    for check in manifest.get("checks", []):  # a check may add rows: details.environment {label: text}
-        extra = (check.get("details") or {}).get("environment")
-        if isinstance(extra, dict):
-            env.update({str(k): _flat(v) for k, v in extra.items() if str(k) not in env})
+    for section in sections(manifest, Path(os.devnull)) if found is None else found:
+        env.update({str(k): _flat(v) for k, v in section.environment.items() if str(k) not in env})
     return env
 
 
-def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str, when: str) -> str:
-    """The whole block that opens the report."""
-    rows = check_rows(manifest)
-    decision = rule.decide_manifest(manifest).verdict
-    doc = None
-    try:
-        doc = json.loads((bundle / OVERHEAD_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    png = (bundle / OVERHEAD_PNG).read_bytes() if (bundle / OVERHEAD_PNG).is_file() else None
-    return (f'<style>{CSS}</style><div class="poc1" id="poc1-summary">'
-            f'<h2>Verdict: <span class="verdict {css_class(decision)}" '
-            f'id="poc1-verdict">{decision}</span></h2>'
-            f"<h3>Validation checks</h3>{summary_html(rows, bundle, report_dir)}"
-            f"<h3>Waivers</h3>{waivers_html(manifest)}"
-            f"<h3>DB-logging overhead (check 6)</h3>{overhead_html(doc, png)}"
-            f"<h3>Sign-off</h3>{signoff_html(manifest, decision, who, when)}</div>")
+def render(manifest: dict[str, Any], bundle: Path, report_dir: Path, *, who: str, when: str,
+           found: Sequence[ReportSection] | None = None) -> str:
+    """The whole block that opens the report (``found``: the checks' sections, default from the hook)."""
+    decision = rule.decide_manifest(manifest)
+    suite = (manifest.get("versions") or {}).get("suite") or {}
+    commit = suite.get("commit", "unknown") + (" (uncommitted changes)" if suite.get("dirty") else "")
+    shown = sections(manifest, bundle) if found is None else found
+    return _template(
+        "report_summary.html.j2", css=CSS, manifest=manifest, decision=decision, results=check_rows(manifest),
+        href=_href(bundle, report_dir), applied=(manifest.get("waivers") or {}).get("applied") or [],
+        ignored=(manifest.get("waivers") or {}).get("ignored") or [],
+        sections=[s for s in shown if s.title], rule=rule.RULE, registered=len(rule.required_of(manifest)),
+        who=who, when=when, commit=commit)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,9 +179,13 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
     html_path = Path(session.config.getoption("htmlpath")).expanduser()
     report_dir = (Path(session.config.invocation_params.dir) / html_path).resolve().parent
     when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    prefix.append(render(manifest, plugin.ctx.evidence_dir, report_dir, who=signer(), when=when))
+    from acceptance.hookspecs import install
+
+    install(session.config.pluginmanager)
+    found = sections(manifest, plugin.ctx.evidence_dir, session.config.hook)
+    prefix.append(render(manifest, plugin.ctx.evidence_dir, report_dir, who=signer(), when=when, found=found))
     try:
         from pytest_metadata.plugin import metadata_key
     except ImportError:
         return
-    session.config.stash[metadata_key].update(environment(manifest))
+    session.config.stash[metadata_key].update(environment(manifest, found))

@@ -1,7 +1,9 @@
 """One writer per artifact kind (text, JSON, SQL result table) behind one interface.
 
 ``EvidenceWriter.write`` is final: it renders, redacts, re-checks for secrets, writes atomically and
-hashes. Subclasses only decide how content becomes text, so a new kind cannot skip redaction.
+hashes. Subclasses only decide how content becomes text (or bytes, for a binary kind such as check 6's
+picture: nothing to redact, but still refused if a secret's bytes are in it), so a new kind cannot skip
+redaction or the secret check.
 """
 from __future__ import annotations
 
@@ -70,14 +72,20 @@ class EvidenceWriter(ABC):
         self._redactor = redactor
 
     @abstractmethod
-    def render(self, content: Any) -> str:
-        """The artifact's text, before redaction."""
+    def render(self, content: Any) -> str | bytes:
+        """The artifact's text, before redaction (bytes: a binary artifact, written as it is)."""
 
     @final
     def write(self, path: Path, content: Any) -> Written:
-        text = self._redactor.text(self.render(self._redactor.obj(content)))
-        self._redactor.assert_clean(text, where=path.name)
-        data = text.encode("utf-8")
+        raw = isinstance(content, (bytes, bytearray))
+        rendered = self.render(content if raw else self._redactor.obj(content))
+        if isinstance(rendered, (bytes, bytearray)):
+            data = bytes(rendered)
+            self._redactor.assert_clean(data.decode("latin-1"), where=path.name)
+        else:
+            text = self._redactor.text(rendered)
+            self._redactor.assert_clean(text, where=path.name)
+            data = text.encode("utf-8")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -159,7 +167,19 @@ class SqlTableWriter(EvidenceWriter):
         return "\n\n".join(parts) + "\n"
 
 
-WRITERS: dict[str, type[EvidenceWriter]] = {w.kind: w for w in (TextWriter, JsonWriter, SqlTableWriter)}
+class BinaryWriter(EvidenceWriter):
+    """Bytes as they are (a picture): no text to redact; ``write`` still refuses a secret's bytes."""
+
+    kind = "binary"
+
+    def render(self, content: Any) -> bytes:
+        if not isinstance(content, (bytes, bytearray)):
+            raise ValueError(f"a binary artifact needs bytes, not {type(content).__name__}")
+        return bytes(content)
+
+
+WRITERS: dict[str, type[EvidenceWriter]] = {
+    w.kind: w for w in (TextWriter, JsonWriter, SqlTableWriter, BinaryWriter)}
 
 
 def writer_for(kind: str, redactor: Redactor) -> EvidenceWriter:
@@ -173,8 +193,9 @@ def writer_for(kind: str, redactor: Redactor) -> EvidenceWriter:
 class Document:
     """An artifact being assembled by a check; written by the bundle when the check ends.
 
-    ``blocks`` for text/sql kinds, ``data`` for json. Adding content never writes: the footer with the
-    check's outcome is appended at the end, so the file always states whether its check passed.
+    ``blocks`` for text/sql kinds, ``data`` for json, ``payload`` for binary. Adding content never writes:
+    the footer with the check's outcome is appended at the end, so a text or JSON file always states whether
+    its check passed (a binary file's outcome is in its manifest record).
     """
 
     name: str
@@ -182,6 +203,7 @@ class Document:
     check: str
     blocks: list[Any] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    payload: bytes = b""
 
     def add(self, *blocks: Any) -> "Document":
         self.blocks.extend(blocks)
@@ -200,6 +222,8 @@ class Document:
 
     def content(self, outcome: str, cause: str | None) -> Any:
         status = outcome.upper() + (f": {cause}" if cause else "")
+        if self.kind == "binary":
+            return self.payload
         if self.kind == "json":
             return {**self.data, "check": {"id": self.check, "outcome": outcome, "cause": cause}}
         footer = f"== check {self.check}: {status}"

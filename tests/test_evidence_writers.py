@@ -10,11 +10,19 @@ from typing import Any
 
 import pytest
 
+from evidence_writers import verdict as rule
 from evidence_writers.bundle import MANIFEST, EvidenceBundle, EvidenceDirError, verify_bundle
-from evidence_writers.manifest import CheckRecord, build_manifest, verdict, versions_digest
+from evidence_writers.manifest import build_manifest, versions_digest
 from evidence_writers.redaction import MARK, Redactor, SecretLeak
+from evidence_writers.result import CheckResult
 from evidence_writers.writers import (
-    Document, EvidenceWriter, JsonWriter, SqlResult, SqlTableWriter, TextWriter, writer_for,
+    Document,
+    EvidenceWriter,
+    JsonWriter,
+    SqlResult,
+    SqlTableWriter,
+    TextWriter,
+    writer_for,
 )
 
 MASTER = "sk-master-Zq9/\"quote\\slash+plus"
@@ -175,7 +183,7 @@ def _bundle_with_manifest(tmp_path: Path, redactor: Redactor) -> Path:
     b.prepare()
     b.write_document(Document("service_status.txt", "text", "service_status").add("ok"), "passed", None)
     b.write("chat_call.json", "json", {"status": 200}, check="chat_call", outcome="passed")
-    checks = [CheckRecord("service_status", "t", "passed", artifacts=["service_status.txt"])]
+    checks = [CheckResult("service_status", "t", "passed", artifacts=["service_status.txt"])]
     b.write_manifest(build_manifest(
         run_id="r", started="s", finished="f", target="local", hosts={"gateway": "10.231.0.18"},
         checks=checks, required=["service_status"], missing=["overhead"], artifacts=b.records.values(),
@@ -199,8 +207,14 @@ def test_manifest_hashes_match_and_tampering_is_detected(tmp_path: Path, redacto
 
 # --- verdict ----------------------------------------------------------------------------------------------
 
-def _checks(**outcomes: str) -> list[CheckRecord]:
-    return [CheckRecord(k, k, v) for k, v in outcomes.items()]
+def _checks(**outcomes: str) -> list[CheckResult]:
+    return [CheckResult(k, k, v) for k, v in outcomes.items()]
+
+
+def verdict(checks: list[CheckResult], required: list[str]) -> tuple[str, list[str]]:
+    """The one rule over results (what build_manifest records): verdict and required checks not run."""
+    decision = rule.decide({c.id: c.outcome for c in checks}, required)
+    return decision.verdict, list(decision.not_run)
 
 
 FIVE = ["service_status", "gateway_db_connect", "chat_call", "db_rows", "join_check"]

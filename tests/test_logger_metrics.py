@@ -22,7 +22,7 @@ import pytest
 
 import db_init
 import gateway_logger
-from acceptance.check_logger_metrics import FETCH, Scrape, figures, judge, reuse
+from acceptance.check_logger_metrics import FETCH, Scrape, environment_rows, figures, judge, reuse
 from evidence_writers import report
 from tests.support import chromium
 from tests.support.gateway import litellm_call
@@ -88,9 +88,9 @@ def test_metrics_of_a_healthy_writer_pass_and_show_pool_reuse(fresh_db: str, mak
     )
     assert (
         details["run_pool_checkouts"] == 0
-        and "n/a (no checkout)" in details["environment"]["Logger DB pool reuse (this run)"]
+        and "n/a (no checkout)" in environment_rows(details)["Logger DB pool reuse (this run)"]
     )
-    assert f"({connects} new connection" in details["environment"]["Logger DB pool reuse (since start)"]
+    assert f"({connects} new connection" in environment_rows(details)["Logger DB pool reuse (since start)"]
 
 
 def test_dropped_rows_and_a_lost_connection_fail_with_their_counts(make_writer) -> None:
@@ -129,7 +129,7 @@ def test_run_figures_need_the_same_logger_process() -> None:
     lines, details = figures(restarted, base)
     assert "run_reuse_ratio" not in details and lines[-1].endswith("(the logger restarted during the run)")
     _, details = figures(now, "ssh gateway (10.231.0.18:22): connect timed out after 5 s")
-    assert details["environment"]["Logger DB pool reuse (this run)"] == (
+    assert environment_rows(details)["Logger DB pool reuse (this run)"] == (
         "not measured (ssh gateway (10.231.0.18:22): connect timed out after 5 s)"
     )
 
@@ -150,8 +150,16 @@ def test_report_environment_shows_rows_a_check_adds() -> None:
             },
         ],
     }
-    env = report.environment(manifest)
+    env = report.environment(manifest)  # a bundle from before the report hook: its rows, ready-made
     assert env["Logger DB pool reuse (this run)"] == "99.5% (1 / 200)" and env["Run id"] == "r1"
+    # today's bundles: check 8's figures, turned into rows by its own pytest_poc1_report_section hook
+    _, details = figures(Scrape(60.0, (), {"start_time_seconds": 100.0, "pool_checkouts_total": 210,
+                                           "pool_connects_total": 3, "rows_written_total": 7}),
+                         Scrape(0.0, (), {"start_time_seconds": 100.0, "pool_checkouts_total": 10,
+                                          "pool_connects_total": 1}))
+    env = report.environment({"run_id": "r2", "checks": [{"id": "logger_metrics", "details": details}]})
+    assert env["Logger DB pool reuse (this run)"] == "99.0% (2 new connections / 200 checkouts)"
+    assert env["Logger rows (since start)"].startswith("written 7,") and env["Run id"] == "r2"
 
 
 # ------------------------------------------------------------------------------ the lab
@@ -206,7 +214,7 @@ def test_lab_check_passes_after_the_benchmark_and_the_report_shows_reuse(
     )
     assert re.search(r"^pool reuse during this run \(\d+ s, \d+ rows written\): \d+\.\d% ", text, re.M), text
     # as a reader sees it: the environment table of the report, rendered by Chromium
-    shown = d["environment"]["Logger DB pool reuse (this run)"]
+    shown = environment_rows(d)["Logger DB pool reuse (this run)"]
     seen = chromium.render(tmp_path / "report.html", tmp_path, {"env": "#environment tr"})
     rows = [r["text"] for r in seen.layout["env"] if r["visible"]]
     assert any("Logger DB pool reuse (this run)" in r and shown in r for r in rows), rows

@@ -15,6 +15,8 @@ import pytest
 
 from acceptance import overhead_stats, registry
 from evidence_writers import report
+from evidence_writers import verdict as rule
+from evidence_writers.result import CheckResult
 from tests.support import chromium
 from tests.support.evidence_bundles import pytest_html_session  # real pytest-html with the report plugin
 
@@ -27,13 +29,10 @@ SELECTORS = {"summary": "#poc1-summary", "verdict": "#poc1-verdict", "rows": "#p
 def manifest(outcomes: dict[str, str], causes: dict[str, str] | None = None) -> dict:
     causes = causes or {}
     checks = [{"id": c.id, "title": c.title, "outcome": outcomes[c.id], "cause": causes.get(c.id),
-               "artifacts": list(c.artifacts) or ["overhead_benchmark.json"], "duration_s": 0.1}
+               "artifacts": list(c.artifacts), "duration_s": 0.1}
               for c in registry.CHECKS if c.id in outcomes]
     arts = [{"path": a, "sha256": "0" * 64, "size": 1, "check": c["id"], "outcome": c["outcome"], "time": "t"}
             for c in checks for a in c["artifacts"]]
-    if "overhead" in outcomes:
-        arts.append({"path": "overhead_histogram.png", "sha256": "0" * 64, "size": 1, "check": "overhead",
-                     "outcome": outcomes["overhead"], "time": "t"})
     return {"run_id": "20260101T000000Z-feedbeef", "started": "s", "finished": "f", "target": "local",
             "hosts": {"gateway": "10.231.0.18", "db": "10.231.0.19"}, "verdict": "?", "checks": checks,
             "artifacts": arts, "versions_digest": "ab" * 32,
@@ -70,7 +69,7 @@ def write_bundle(bundle: Path, m: dict) -> None:
 ALL = {c.id: "passed" for c in registry.CHECKS}
 
 
-def row(rows: list[report.Row], cid: str) -> report.Row:
+def row(rows: list[CheckResult], cid: str) -> CheckResult:
     (found,) = [r for r in rows if r.id == cid]
     return found
 
@@ -78,21 +77,21 @@ def row(rows: list[report.Row], cid: str) -> report.Row:
 def test_all_passed_is_go_and_anything_less_is_no_go() -> None:
     assert list(ALL)[:6] == ["service_status", "gateway_db_connect", "chat_call", "db_rows", "join_check",
                              "overhead"]  # the closeout pack's five, then check 6, then any later ones
-    assert report.verdict(report.check_rows(manifest(ALL))) == "GO"
+    assert rule.decide_manifest(manifest(ALL)).verdict == "GO"
     for cid in ALL:
-        assert report.verdict(report.check_rows(manifest({**ALL, cid: "failed"}))) == "NO-GO", cid
+        assert rule.decide_manifest(manifest({**ALL, cid: "failed"})).verdict == "NO-GO", cid
     without_6 = {k: v for k, v in ALL.items() if k != "overhead"}
     rows = report.check_rows(manifest(without_6))
-    assert report.verdict(rows) == "NO-GO"
+    assert rule.decide_manifest(manifest(without_6)).verdict == "NO-GO"
     assert [r.id for r in rows] == list(ALL)
-    assert row(rows, "overhead").shown == "NOT RUN" and row(rows, "overhead").cause == "the check did not run"
-    assert row(report.check_rows(manifest({**ALL, "join_check": "skipped"})), "join_check").shown == "SKIPPED"
+    assert row(rows, "overhead").shown() == "NOT RUN" and row(rows, "overhead").cause == "the check did not run"
+    assert row(report.check_rows(manifest({**ALL, "join_check": "skipped"})), "join_check").shown() == "SKIPPED"
 
 
 def test_rows_link_every_artifact_of_their_check_relative_to_the_report(tmp_path: Path) -> None:
     rows = report.check_rows(manifest(ALL))
-    assert row(rows, "db_rows").artifacts == ("requests_head.txt", "responses_head.txt")
-    assert row(rows, "overhead").artifacts == ("overhead_benchmark.json", "overhead_histogram.png")
+    assert row(rows, "db_rows").artifacts == ["requests_head.txt", "responses_head.txt"]
+    assert row(rows, "overhead").artifacts == ["overhead_benchmark.json", "overhead_histogram.png"]
     html = report.summary_html(rows, tmp_path / "evidence", tmp_path)
     assert 'href="evidence/join_check.txt"' in html
     html = report.summary_html(rows, tmp_path, tmp_path)
@@ -105,9 +104,9 @@ def test_a_waived_failure_is_a_waived_row_and_the_verdict_says_so() -> None:
               "expires": "2026-12-31"}
     m["waivers"] = {"applied": [waiver],
                     "ignored": [{"check": "overhead", "reason": "not needed: the check passed"}]}
-    rows = report.check_rows(m)
-    assert row(rows, "db_tls").shown == "WAIVED" and row(rows, "db_tls").cause == "TLSv1.1 session"
-    assert report.verdict(rows) == "GO with waivers"
+    rows, decision = report.check_rows(m), rule.decide_manifest(m)
+    assert row(rows, "db_tls").shown(decision.waived) == "WAIVED" and row(rows, "db_tls").cause == "TLSv1.1 session"
+    assert decision.verdict == "GO with waivers"
     html = report.waivers_html(m)
     assert '<tr data-check="db_tls" class="applied">' in html and "legacy &lt;client&gt;" in html
     assert '<tr data-check="overhead" class="ignored">' in html and "not needed: the check passed" in html
@@ -115,8 +114,8 @@ def test_a_waived_failure_is_a_waived_row_and_the_verdict_says_so() -> None:
     # a waiver of a check that did not run changes nothing
     m_not_run = manifest({k: v for k, v in ALL.items() if k != "db_tls"})
     m_not_run["waivers"] = {"applied": [waiver]}
-    rows = report.check_rows(m_not_run)
-    assert row(rows, "db_tls").shown == "NOT RUN" and report.verdict(rows) == "NO-GO"
+    rows, decision = report.check_rows(m_not_run), rule.decide_manifest(m_not_run)
+    assert row(rows, "db_tls").shown(decision.waived) == "NOT RUN" and decision.verdict == "NO-GO"
 
 
 def test_causes_are_escaped_and_shown_only_for_failures() -> None:
@@ -164,7 +163,7 @@ def test_report_as_rendered_by_chromium(tmp_path: Path, broken: str | None) -> N
     assert lay["summary"][0]["top"] < min(e["top"] for e in lay["environment"])
     # every link resolves to a file of the bundle
     hrefs = [a["href"] for a in lay["links"]]
-    assert len(hrefs) == sum(len(c.artifacts) or 2 for c in registry.CHECKS)  # check 6: JSON + picture
+    assert len(hrefs) == sum(len(c.artifacts) for c in registry.CHECKS)  # check 6: JSON + picture
     for href in hrefs:
         assert (page.parent / href).resolve().is_file(), href
         assert (page.parent / href).resolve().parent == bundle.resolve()

@@ -19,7 +19,8 @@ from acceptance import registry
 from evidence_writers import verdict as rule
 from evidence_writers import waivers as W
 from evidence_writers.bundle import REPORT, SUMMARY
-from evidence_writers.manifest import CheckRecord, build_manifest
+from evidence_writers.manifest import build_manifest
+from evidence_writers.result import CheckResult
 from tests.support.evidence_bundles import ROOT, full_bundle, validate_nowhere, waiver_file
 
 IDS = [c.id for c in registry.CHECKS]
@@ -31,7 +32,7 @@ GOOD = {
 
 
 def manifest_with(outcomes: dict[str, str | None], waivers: dict, started: str) -> dict:
-    checks = [CheckRecord(c, c, o) for c, o in outcomes.items() if o is not None]
+    checks = [CheckResult(c, c, o) for c, o in outcomes.items() if o is not None]
     return build_manifest(
         run_id="r",
         started=started,
@@ -148,7 +149,7 @@ def test_the_configured_file_is_what_every_run_applies(
     path = tmp_path / "waivers.yml"
     path.write_text(yaml.safe_dump({"overhead": GOOD}))
     monkeypatch.setenv("POC1_WAIVERS", str(path))
-    checks = [CheckRecord(c, c, "failed" if c == "overhead" else "passed") for c in IDS]
+    checks = [CheckResult(c, c, "failed" if c == "overhead" else "passed") for c in IDS]
     m = build_manifest(
         run_id="r",
         started="2026-06-01T00:00:00+00:00",
@@ -206,7 +207,7 @@ def test_a_waived_bundle_lists_the_waiver_in_manifest_report_and_summary_and_ver
 def test_validate_with_waivers_for_every_failure_is_go_with_waivers_and_after_expiry_no_go(
     tmp_path: Path,
 ) -> None:
-    """Two real runs against a loopback target where nothing listens: all eight checks fail."""
+    """Two real runs against a loopback target where nothing listens: every check fails."""
     valid, expired = tmp_path / "valid.yml", tmp_path / "expired.yml"
     valid.write_text(yaml.safe_dump({c: {**GOOD, "expires": "2999-12-31"} for c in IDS}))
     expired.write_text(yaml.safe_dump({c: {**GOOD, "expires": "2000-01-01"} for c in IDS}))

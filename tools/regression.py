@@ -10,8 +10,8 @@ A run, in order:
   2. create ``POC-1/runs/<UTC timestamp>-<run id>/`` and write its ``INCOMPLETE`` marker first;
   3. run the suite into ``<run folder>/evidence/`` (its output tee'd into ``<run folder>/suite.log``);
   4. read ``manifest.json``, ``validation.json`` (the verdict validate gave: a bundle it refused, e.g.
-     for a secret, is NO-GO with that cause) and ``overhead_benchmark.json``, compare with the baseline
-     and the previous run's versions lock, write ``regression.json``;
+     for a secret, is NO-GO with that cause) and check 6's JSON (tools/bundle_facts.py), compare with
+     the baseline and the previous run's versions lock, write ``regression.json``;
   5. append one history line atomically, remove ``INCOMPLETE``, prune old run folders, rewrite
      ``index.html``.
 A run killed anywhere before step 5 leaves its folder marked INCOMPLETE and the history untouched.
@@ -43,13 +43,12 @@ from typing import Any, Callable, TextIO
 
 from evidence_writers import verdict as rule
 from tools import monitoring, trend_page
-from tools.runlock import try_lock
+from tools.bundle_facts import BundleFacts, read_bundle, read_overhead, read_validation  # noqa: F401
 from tools.history import (
     HISTORY_NAME,
     Alarm,
     AlarmPolicy,
     Baseline,
-    Overhead,
     RunRecord,
     append_record,
     load_pinned_baseline,
@@ -58,6 +57,7 @@ from tools.history import (
     rolling_baseline,
     versions_alarm,
 )
+from tools.runlock import try_lock
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_DIR = REPO / "POC-1" / "runs"
@@ -65,7 +65,6 @@ LOCK_NAME = ".lock"
 INCOMPLETE = trend_page.INCOMPLETE_MARKER
 RUN_FOLDER_RE = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9_.-]+$")
 STARTED_NS = ".started_ns"  # orders runs that started within the same second (tests)
-CAUSE_CHARS = 200
 
 EXIT_GO, EXIT_NO_GO, EXIT_REGRESSION, EXIT_SETTINGS, EXIT_LOCKED = 0, 1, 3, 4, 75
 
@@ -220,95 +219,6 @@ def _write_synced(path: Path, text: str, mode: str = "w") -> None:
 
 # --------------------------------------------------------------------------------------------------
 # reading the bundle
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, dict):  # {"point": .., "low": .., "high": ..}
-        value = value.get("point", value.get("value"))
-    return round(float(value), 3) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def read_overhead(evidence_dir: Path) -> Overhead:
-    """p50/p95/p99 of the *added* latency from check 6's overhead_benchmark.json (absent: all None)."""
-    path = evidence_dir / "overhead_benchmark.json"
-    if not path.exists():
-        return Overhead()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return Overhead()
-    added = data.get("added_ms") or data.get("added") or data.get("overhead_ms") or data
-    if isinstance(added, dict) and isinstance(added.get("shift"), dict):
-        added = added["shift"]
-    if not isinstance(added, dict):
-        return Overhead()
-    return Overhead(*(_number(added.get(k, added.get(f"{k}_ms"))) for k in ("p50", "p95", "p99")))
-
-
-@dataclass
-class BundleFacts:
-    run_id: str | None
-    verdict: str
-    checks: dict[str, str]
-    versions: dict[str, Any]
-    versions_digest: str | None
-    cause: str | None
-    manifest: dict[str, Any] | None = None
-
-
-def read_validation(evidence_dir: Path) -> dict[str, Any] | None:
-    """validation.json as tools.validate wrote it (None: absent or unreadable, e.g. another producer)."""
-    try:
-        doc = json.loads((evidence_dir / "validation.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("verdict") in rule.VERDICTS else None
-
-
-def read_bundle(evidence_dir: Path, suite_rc: int, log_path: Path) -> BundleFacts:
-    """The run's verdict: the one rule over the manifest's checks, then the verdict validate gave (its
-    refusal wins), else NO-GO when the suite failed although its manifest says GO."""
-    path = evidence_dir / "manifest.json"
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        tail = _last_line(log_path)
-        what = "no manifest.json" if isinstance(exc, OSError) else "an unreadable manifest.json"
-        return BundleFacts(None, rule.NO_GO, {}, {}, None,
-                           f"the suite wrote {what} (exit {suite_rc})" + (f": {tail}" if tail else ""))
-    checks = {str(c.get("id")): str(c.get("outcome")) for c in m.get("checks") or []}
-    failed = [f"{c.get('id')}: {_clip(str(c.get('cause')))}" for c in m.get("checks") or []
-              if c.get("outcome") not in ("passed",) and c.get("cause")]
-    verdict, cause = rule.decide_manifest(m).verdict, "; ".join(failed) or None
-    if m.get("verdict") != verdict:
-        cause = f"manifest.json records {m.get('verdict')!r} but the rule gives {verdict}"
-        verdict = rule.NO_GO
-    validation = read_validation(evidence_dir)
-    if validation is not None and not rule.is_go(validation["verdict"]):
-        if validation.get("cause"):
-            cause = f"validate refused the bundle: {validation['cause']}" + (f"; {cause}" if cause else "")
-        verdict = rule.NO_GO
-    elif validation is None and rule.is_go(verdict) and suite_rc != 0:
-        tail = _last_line(log_path)
-        verdict = rule.NO_GO
-        cause = f"the suite exited {suite_rc} although its manifest says GO" + (f": {tail}" if tail else "")
-    return BundleFacts(m.get("run_id"), verdict, checks, m.get("versions") or {}, m.get("versions_digest"),
-                       cause, m)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= CAUSE_CHARS else text[:CAUSE_CHARS - 3] + "..."
-
-
-def _last_line(path: Path) -> str:
-    """The suite's last ERROR line (pytest's usage errors say what is wrong), else its last line."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    errors = [ln for ln in lines if ln.startswith("ERROR:")]
-    return _clip((errors or lines or [""])[-1])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,17 +2,22 @@
 external reference) that shows the verdict of every scheduled run, the overhead p95 over time against
 its baseline and the 5 ms acceptance limit, and what changed between consecutive runs.
 
-Why hand-written SVG: the page must open anywhere (a CI artifact, a mail attachment) and stay readable
-as text in a diff; a dozen lines of SVG do that with no dependency.
+Why inline SVG from a template (evidence_writers/templates/trend_plot.svg.j2, trend_page.html.j2): the
+page must open anywhere (a CI artifact, a mail attachment) and stay readable as text in a diff; this
+module only computes the coordinates and the rows, Jinja2 (autoescaped) writes the markup.
 """
 from __future__ import annotations
 
-import html
 import math
 import os
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from markupsafe import Markup
+
+from evidence_writers.templating import render_html
 from tools.history import RunRecord, changes, check_columns
 
 ACCEPTANCE_P95_MS = 5.0  # the closeout pack's "<5 ms DB logging overhead"
@@ -41,15 +46,7 @@ svg text{font:11px system-ui,sans-serif;fill:#5b6575}
 DASH = "\u2013"
 _ALARM_BADGE = {"overhead": "REGRESSION", "versions": "VERSIONS CHANGED"}
 _CHECK_SYMBOL = {"passed": "\u2713", "failed": "\u2717", "error": "!", "skipped": DASH}
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _badge(verdict: str) -> str:
-    """A verdict badge; "GO with waivers" gets its own colour (its class has no spaces)."""
-    return f'<span class="badge {_e(verdict.replace(" ", "-"))}">{_e(verdict)}</span>'
+_COLOUR = {"GO": "#1f8a3b", "GO with waivers": "#b26a00"}
 
 
 def _ms(value: float | None) -> str:
@@ -67,100 +64,107 @@ def _nice_top(value: float) -> float:
     return 10 * exp
 
 
+def _f(v: float) -> str:
+    return f"{v:.1f}"
+
+
+@dataclass
+class Plot:
+    """Every coordinate of the overhead plot, in pixels (formatted), for trend_plot.svg.j2."""
+
+    w: int = _W
+    h: int = _H
+    left: int = _L
+    top: int = _T
+    pw: int = _W - _L - _R
+    ph: int = _H - _T - _B
+    ticks: list[dict[str, str]] = field(default_factory=list)
+    zero_y: str | None = None
+    limit: str = f"{ACCEPTANCE_P95_MS:g}"
+    limit_y: str = ""
+    limit_label_y: str = ""
+    baseline: str = ""
+    p95_line: str = ""
+    points: list[dict[str, Any]] = field(default_factory=list)
+    time_labels: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def right(self) -> int:
+        return self.left + self.pw
+
+    @property
+    def bottom(self) -> int:
+        return self.top + self.ph
+
+    @property
+    def mid_y(self) -> float:
+        return self.top + self.ph / 2
+
+    @classmethod
+    def of(cls, records: list[RunRecord]) -> "Plot":
+        plot = cls()
+        values = [r.overhead.p95_ms for r in records if r.overhead.p95_ms is not None]
+        bases = [r.baseline.p95_ms for r in records if r.baseline and r.baseline.p95_ms is not None]
+        top = _nice_top(max(values + bases + [ACCEPTANCE_P95_MS]) * 1.1)
+        low = min(values + bases + [0.0])  # the added latency can be negative (logging on was faster)
+        bottom = -_nice_top(-low * 1.1) if low < 0 else 0.0
+        n = len(records)
+
+        def x(i: int) -> float:
+            return _L + (plot.pw / 2 if n == 1 else plot.pw * i / (n - 1))
+
+        def y(v: float) -> float:
+            return _T + plot.ph * (top - v) / (top - bottom)
+
+        step = _nice_top((top - bottom) / 5)
+        for k in range(math.ceil(bottom / step), math.floor(top / step) + 1):
+            v = round(k * step, 6)
+            plot.ticks.append({"y": _f(y(v)), "label_y": _f(y(v) + 4), "label": f"{v:g}"})
+        plot.zero_y = _f(y(0)) if bottom < 0 else None
+        plot.limit_y, plot.limit_label_y = _f(y(ACCEPTANCE_P95_MS)), _f(y(ACCEPTANCE_P95_MS) - 4)
+        plot.baseline = " ".join(f"{_f(x(i))},{_f(y(r.baseline.p95_ms))}" for i, r in enumerate(records)
+                                 if r.baseline and r.baseline.p95_ms is not None)
+        p95 = [f"{_f(x(i))},{_f(y(r.overhead.p95_ms))}" for i, r in enumerate(records)
+               if r.overhead.p95_ms is not None]
+        plot.p95_line = " ".join(p95) if len(p95) > 1 else ""
+        for i, r in enumerate(records):
+            plot.points.append({
+                "cx": _f(x(i)), "cy": None if r.overhead.p95_ms is None else _f(y(r.overhead.p95_ms)),
+                "run_id": r.run_id, "flagged": r.flagged, "colour": _COLOUR.get(r.verdict, "#c0392b"),
+                "label": f"{r.run_id} {r.time} {r.verdict} p95={_ms(r.overhead.p95_ms)} ms"})
+        for i, anchor in sorted({(0, "start" if n > 1 else "middle"), (n - 1, "end" if n > 1 else "middle")}):
+            plot.time_labels.append({"x": _f(x(i)), "anchor": anchor,
+                                     "text": records[i].time[:16].replace("T", " ")})
+        return plot
+
+
 def overhead_svg(records: list[RunRecord]) -> str:
     """Overhead p95 per run (dots coloured by verdict, ringed when flagged), its baseline, the 5 ms limit."""
-    if not records:
-        return "<p>No finished run yet.</p>"
-    values = [r.overhead.p95_ms for r in records if r.overhead.p95_ms is not None]
-    bases = [r.baseline.p95_ms for r in records if r.baseline and r.baseline.p95_ms is not None]
-    top = _nice_top(max(values + bases + [ACCEPTANCE_P95_MS]) * 1.1)
-    low = min(values + bases + [0.0])  # the added latency can be negative (logging on was faster)
-    bottom = -_nice_top(-low * 1.1) if low < 0 else 0.0
-    n = len(records)
-    pw, ph = _W - _L - _R, _H - _T - _B
-
-    def x(i: int) -> float:
-        return _L + (pw / 2 if n == 1 else pw * i / (n - 1))
-
-    def y(v: float) -> float:
-        return _T + ph * (top - v) / (top - bottom)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="overhead-plot" width="{_W}" height="{_H}" '
-             f'viewBox="0 0 {_W} {_H}" role="img" aria-label="overhead p95 per run">',
-             f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#e3e7ee"/>']
-    step = _nice_top((top - bottom) / 5)
-    for k in range(math.ceil(bottom / step), math.floor(top / step) + 1):
-        v = round(k * step, 6)
-        parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eef1f5"/>'
-                     f'<text x="{_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
-    if bottom < 0:
-        parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#8a94a6"/>')
-    parts.append(f'<text x="14" y="{_T + ph / 2}" transform="rotate(-90 14 {_T + ph / 2})" '
-                 f'text-anchor="middle">overhead p95 (ms)</text>')
-    limit_y = y(ACCEPTANCE_P95_MS)
-    parts.append(f'<line x1="{_L}" x2="{_L + pw}" y1="{limit_y:.1f}" y2="{limit_y:.1f}" stroke="#c0392b" '
-                 f'stroke-dasharray="6 4"/><text x="{_L + pw - 4}" y="{limit_y - 4:.1f}" text-anchor="end">'
-                 f'acceptance limit {ACCEPTANCE_P95_MS:g} ms</text>')
-    base_pts = [f"{x(i):.1f},{y(r.baseline.p95_ms):.1f}" for i, r in enumerate(records)
-                if r.baseline and r.baseline.p95_ms is not None]
-    if base_pts:
-        parts.append(f'<polyline class="baseline" points="{" ".join(base_pts)}" fill="none" stroke="#8a94a6" '
-                     f'stroke-dasharray="3 3"/>')
-    p95_pts = [f"{x(i):.1f},{y(r.overhead.p95_ms):.1f}" for i, r in enumerate(records)
-               if r.overhead.p95_ms is not None]
-    if len(p95_pts) > 1:
-        parts.append(f'<polyline class="p95" points="{" ".join(p95_pts)}" fill="none" stroke="#2d6cdf" '
-                     f'stroke-width="2"/>')
-    for i, r in enumerate(records):
-        label = f"{r.run_id} {r.time} {r.verdict} p95={_ms(r.overhead.p95_ms)} ms"
-        if r.overhead.p95_ms is None:
-            parts.append(f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{_T + ph - 6}" y2="{_T + ph}" '
-                         f'stroke="#8a94a6"><title>{_e(label)} (overhead not measured)</title></line>')
-            continue
-        colour = {"GO": "#1f8a3b", "GO with waivers": "#b26a00"}.get(r.verdict, "#c0392b")
-        ring = (f'<circle cx="{x(i):.1f}" cy="{y(r.overhead.p95_ms):.1f}" r="9" fill="none" stroke="#d9822b" '
-                f'stroke-width="3"/>' if r.flagged else "")
-        parts.append(f'{ring}<circle class="run" data-run="{_e(r.run_id)}" cx="{x(i):.1f}" '
-                     f'cy="{y(r.overhead.p95_ms):.1f}" r="5" fill="{colour}">'
-                     f'<title>{_e(label)}</title></circle>')
-    for i, anchor in sorted({(0, "start" if n > 1 else "middle"), (n - 1, "end" if n > 1 else "middle")}):
-        parts.append(f'<text x="{x(i):.1f}" y="{_H - 22}" text-anchor="{anchor}">'
-                     f'{_e(records[i].time[:16].replace("T", " "))}</text>')
-    parts.append(f'<text x="{_L + pw / 2}" y="{_H - 6}" text-anchor="middle">run (time order); dashed grey: '
-                 f'baseline; orange ring: flagged</text></svg>')
-    return "".join(parts)
+    return render_html("trend_plot.svg.j2", plot=Plot.of(records) if records else None)
 
 
-def _run_link(runs_dir: Path, r: RunRecord) -> str:
+def _link(runs_dir: Path, r: RunRecord) -> str | None:
     folder = runs_dir / r.folder
     if r.folder and (folder / "evidence" / "report.html").exists():
-        return f'<a href="{_e(r.folder)}/evidence/report.html">{_e(r.run_id)}</a>'
+        return f"{r.folder}/evidence/report.html"
     if r.folder and folder.is_dir():
-        return f'<a href="{_e(r.folder)}/">{_e(r.run_id)}</a>'
-    return f'{_e(r.run_id)} <span class="sub">(folder pruned)</span>'
+        return f"{r.folder}/"
+    return None
 
 
-def _row(runs_dir: Path, r: RunRecord, prev: RunRecord | None, columns: list[str]) -> str:
-    checks = "".join(
-        f'<td class="{_e(r.checks.get(c, "skipped"))}" title="{_e(c)}: {_e(r.checks.get(c, "absent"))}">'
-        f'{_CHECK_SYMBOL.get(r.checks.get(c, ""), DASH)}</td>' for c in columns)
+def _row(runs_dir: Path, r: RunRecord, prev: RunRecord | None, columns: list[str]) -> dict[str, Any]:
     diff = changes(prev, r)
     if any(a.kind == "versions" for a in r.alarms):  # the alarm itemises the changed versions already
         diff = [c for c in diff if not c.startswith("version")]
-    flags = "".join(f"<li>{_e(a.text)}</li>" for a in r.alarms)
-    cause = f"<li>{_e(r.cause)}</li>" if r.cause else ""
-    regression = "".join(f' <span class="badge flag">{_ALARM_BADGE.get(kind, kind.upper())}</span>'
-                         for kind in dict.fromkeys(a.kind for a in r.alarms))
-    return (
-        f'<tr class="{"flagged" if r.flagged else ""}" id="run-{_e(r.run_id)}">'
-        f"<td>{_e(r.time)}</td><td>{_run_link(runs_dir, r)}</td><td>{_e(r.target)}</td>"
-        f"<td>{_badge(r.verdict)}{regression}</td>"
-        f"{checks}"
-        f'<td class="num">{_ms(r.overhead.p50_ms)}</td><td class="num">{_ms(r.overhead.p95_ms)}</td>'
-        f'<td class="num">{_ms(r.overhead.p99_ms)}</td>'
-        f'<td class="num">{_ms(r.baseline.p95_ms if r.baseline else None)}</td>'
-        f"<td><code>{_e((r.versions_digest or '')[:12])}</code></td>"
-        f'<td><ul class="chg">{flags}{cause}{"".join(f"<li>{_e(c)}</li>" for c in diff)}</ul></td></tr>')
+    return {
+        "record": r, "link": _link(runs_dir, r), "changes": diff,
+        "badges": [_ALARM_BADGE.get(kind, kind.upper()) for kind in dict.fromkeys(a.kind for a in r.alarms)],
+        "checks": [{"id": c, "cls": r.checks.get(c, "skipped"), "outcome": r.checks.get(c, "absent"),
+                    "symbol": _CHECK_SYMBOL.get(r.checks.get(c, ""), DASH)} for c in columns],
+        "p50": _ms(r.overhead.p50_ms), "p95": _ms(r.overhead.p95_ms), "p99": _ms(r.overhead.p99_ms),
+        "baseline": _ms(r.baseline.p95_ms if r.baseline else None),
+        "digest": (r.versions_digest or "")[:12],
+    }
 
 
 def incomplete_folders(runs_dir: Path) -> list[tuple[str, str]]:
@@ -177,44 +181,12 @@ def incomplete_folders(runs_dir: Path) -> list[tuple[str, str]]:
 
 def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> str:
     shown = records[-max_rows:]
-    latest = shown[-1] if shown else None
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     columns = check_columns(shown)
-    head = "".join(f'<th title="{_e(c)}">{i}</th>' for i, c in enumerate(columns, 1))
     rows = [_row(runs_dir, r, shown[i - 1] if i else None, columns) for i, r in enumerate(shown)]
-    summary = "No run yet."
-    if latest:
-        summary = (f'Latest run <b>{_e(latest.run_id)}</b> ({_e(latest.time)}, target {_e(latest.target)}): '
-                   f"{_badge(latest.verdict)}")
-    alarm = ""
-    if latest and latest.flagged:
-        alarm = ('<div class="alarm"><b>Regression alarm on the latest run</b><ul>'
-                 + "".join(f"<li>{_e(a.text)}</li>" for a in latest.alarms) + "</ul></div>")
-    incomplete = incomplete_folders(runs_dir)
-    inc_html = ("<ul>" + "".join(f"<li><code>{_e(name)}</code> {_e(note)}</li>" for name, note in incomplete)
-                + "</ul>") if incomplete else "<p>None.</p>"
-    legend = " ".join(f"{i}={_e(c)}" for i, c in enumerate(columns, 1))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>POC-1 scheduled acceptance runs</title>
-<style>{_CSS}</style></head><body>
-<h1>POC-1 scheduled acceptance runs</h1>
-<p class="sub">{len(records)} finished run(s) in history; page written {now}. {summary}</p>
-{alarm}
-<h2>Overhead p95 over time</h2>
-{overhead_svg(shown)}
-<h2>Runs (newest first)</h2>
-<p class="sub">Checks: {legend}. Overhead figures in ms (added latency of DB logging); baseline = the p95 the
-run was compared with.</p>
-<table id="runs"><thead><tr><th>time (UTC)</th><th>run id</th><th>target</th><th>verdict</th>{head}
-<th>p50</th><th>p95</th><th>p99</th><th>baseline p95</th><th>versions</th>
-<th>flags and changes since the previous run</th>
-</tr></thead><tbody>
-{os.linesep.join(reversed(rows))}
-</tbody></table>
-<h2>Incomplete runs (no history line)</h2>
-{inc_html}
-</body></html>
-"""
+    return render_html(
+        "trend_page.html.j2", css=_CSS, total=len(records), latest=shown[-1] if shown else None,
+        now=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), columns=columns,
+        rows=list(reversed(rows)), svg=Markup(overhead_svg(shown)), incomplete=incomplete_folders(runs_dir))
 
 
 def write(records: list[RunRecord], runs_dir: Path) -> Path:

@@ -140,7 +140,7 @@ def judge(evidence: Path, not_before: float = 0.0) -> Judgement:
     """The verdict by the one rule (evidence_writers/verdict.py) from this run's manifest.json (one older
     than ``not_before`` is a previous run's and does not count). A manifest whose recorded verdict is
     not the rule's is NO-GO with that cause."""
-    from evidence_writers import report
+    from evidence_writers.result import of_manifest
 
     path = evidence / MANIFEST
     try:
@@ -150,9 +150,9 @@ def judge(evidence: Path, not_before: float = 0.0) -> Judgement:
     except (OSError, ValueError) as exc:
         what = "no" if isinstance(exc, OSError) else "an unreadable"
         return Judgement(rule.NO_GO, None, [], f"the suite wrote {what} {MANIFEST} in {evidence}")
-    rows = report.check_rows(manifest)
-    failing = [f"{r.id}: {r.shown}" + (f": {r.cause}" if r.cause else "") for r in rows if r.shown != "PASS"]
     decision = rule.decide_manifest(manifest)
+    shown = [(r, r.shown(decision.waived)) for r in of_manifest(manifest)]
+    failing = [f"{r.id}: {s}" + (f": {r.cause}" if r.cause else "") for r, s in shown if s != "PASS"]
     if manifest.get("verdict") != decision.verdict:
         failing.append(f"{MANIFEST} records {manifest.get('verdict')!r} but the rule gives "
                        f"{decision.verdict}")

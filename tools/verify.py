@@ -321,7 +321,7 @@ class _ReportFacts(html.parser.HTMLParser):
 
 
 def check_report(directory: Path, manifest: dict[str, Any], found: Findings) -> None:
-    from evidence_writers import report
+    from evidence_writers.result import of_manifest
 
     path = directory / REPORT
     if not path.is_file():
@@ -329,13 +329,14 @@ def check_report(directory: Path, manifest: dict[str, Any], found: Findings) -> 
         return
     facts = _ReportFacts()
     facts.feed(path.read_text(encoding="utf-8", errors="replace"))
-    expected = rule.decide_manifest(manifest).verdict
+    decision = rule.decide_manifest(manifest)
+    expected = decision.verdict
     if facts.verdict.strip() != expected:
         found.fail(REPORT, f"shows verdict {facts.verdict.strip() or 'none'!r}, the manifest's is {expected}")
-    for row in report.check_rows(manifest):
-        shown = facts.rows.get(row.id, "").strip()
-        if shown != row.shown:
-            found.fail(REPORT, f"shows {row.id} as {shown or 'absent'!r}, the manifest gives {row.shown}")
+    for result in of_manifest(manifest):
+        shown, expected_row = facts.rows.get(result.id, "").strip(), result.shown(decision.waived)
+        if shown != expected_row:
+            found.fail(REPORT, f"shows {result.id} as {shown or 'absent'!r}, the manifest gives {expected_row}")
     applied = sorted(w.get("check") for w in (manifest.get("waivers") or {}).get("applied") or [])
     if sorted(facts.waived) != applied:
         found.fail(REPORT, f"lists waivers {sorted(facts.waived)}, the manifest applied {applied}")

@@ -4,14 +4,13 @@ Two kinds, both made by the project's own code:
   - a NO-GO run of the real suite through ``python -m tools.validate`` against a loopback target where
     nothing listens (every check fails fast with a one-line cause);
   - a bundle of any outcome built through the evidence layer's API (EvidenceBundle, Documents,
-    CheckRecords, build_manifest, write_manifest), with check 6's document from the real statistics,
+    CheckResults, build_manifest, write_manifest), with check 6's document from the real statistics,
     report.html from a real pytest-html session with the report plugin, sealed and packed by the same
     functions tools.validate calls.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -25,9 +24,10 @@ import numpy as np
 import yaml
 
 from acceptance import overhead_stats, registry
-from evidence_writers.bundle import ArtifactRecord, EvidenceBundle
-from evidence_writers.manifest import CheckRecord, build_manifest
+from evidence_writers.bundle import EvidenceBundle
+from evidence_writers.manifest import build_manifest
 from evidence_writers.redaction import Redactor
+from evidence_writers.result import CheckResult
 from evidence_writers.waivers import WaiverFile, parse
 from evidence_writers.writers import Document
 
@@ -166,12 +166,8 @@ def build_bundle(
         if spec.id == "overhead":
             doc, png, details = overhead_document()
             bundle.write("overhead_benchmark.json", "json", doc, check="overhead", outcome=outcome)
-            (evidence / "overhead_histogram.png").write_bytes(png)  # as check 6 records its picture
-            bundle.records["overhead_histogram.png"] = ArtifactRecord(
-                "overhead_histogram.png", hashlib.sha256(png).hexdigest(), len(png), "overhead", outcome, "t"
-            )
-            names = ["overhead_benchmark.json", "overhead_histogram.png"]
-        for name in spec.artifacts:
+            bundle.write("overhead_histogram.png", "binary", png, check="overhead", outcome=outcome)
+        for name in spec.artifacts if spec.id != "overhead" else ():
             kind = "json" if name.endswith(".json") else "text"
             d = Document(name, kind, spec.id)
             if kind == "json":
@@ -179,7 +175,7 @@ def build_bundle(
             else:
                 d.section(spec.title, f"what {spec.id} saw")
             bundle.write_document(d, outcome, cause)
-        records.append(CheckRecord(spec.id, spec.title, outcome, cause, names, 0.25, details))
+        records.append(CheckResult(spec.id, spec.title, outcome, cause, names, 0.25, details))
     ids = [c.id for c in registry.CHECKS]
     manifest = build_manifest(
         run_id="20261201T094909Z-d2f172ff",
