@@ -1,13 +1,17 @@
-"""Check 2: the gateway is connected to PostgreSQL — as its logger says, and as PostgreSQL says.
+"""Check 2: the gateway is connected to PostgreSQL — as each of its workers' logger says, and as PostgreSQL says.
 
 Artifact gateway_db_connect.log: the logger's ``gateway_logger: database connection ...`` lines from the
 journal of the unit's *current* invocation (so an old "established" line cannot vouch for a restart),
 and a live probe from the runner: server version, read-only transaction, and the sessions of the
-gateway's DB user in pg_stat_activity. Pass = the logger's latest connection line is
-established/restored, and PostgreSQL shows a session of that user from the gateway's address.
+gateway's DB user in pg_stat_activity. Pass = the unit is active; every worker that said ``starting``
+in this invocation (``--num_workers N``: each has its own writer and pool) and still runs has its latest
+connection line established/restored; and PostgreSQL shows a session of that user from the gateway's
+address opened by the logger (``application_name`` ``gateway_logger``: a db_init or psql session of the
+same user from the same host does not vouch for the logger).
 """
 from __future__ import annotations
 
+import re
 import shlex
 
 from sqlalchemy import bindparam, text
@@ -27,7 +31,12 @@ CHECK = CheckSpec("gateway_db_connect", "Gateway is connected to PostgreSQL (log
 pytestmark = CHECK.mark
 
 MARK = "gateway_logger: database connection"
+START = "gateway_logger: starting (pid "
 GOOD = ("established", "restored")
+#: the logger's sessions (gateway_logger.py names its engine so); other sessions of its user do not count
+LOGGER_APP = "gateway_logger"
+#: ``... host litellm[PID]: gateway_logger: ...`` (journalctl -o short-iso-precise)
+PID_RE = re.compile(r"\[(\d+)\]: gateway_logger: ")
 
 SESSIONS_SQL = text(
     "SELECT pid, usename, application_name, client_addr::text AS client_addr, state, backend_start "
@@ -54,18 +63,55 @@ def journal_evidence(target: Target, hosts: Hosts, evidence: CheckResult) -> str
     else:
         doc.section("journal", "the unit has no current invocation (not started)")
         return f"{unit} has not been started on gateway {target.gateway.address}: no journal to read"
-    cmd += f" --no-pager -o short-iso-precise | grep -F {shlex.quote(MARK)} | tail -n 200"
+    state = props.get("ActiveState", "")
+    if state != "active":
+        return f"{unit} is {state or 'unknown'} on gateway {target.gateway.address}: no logger runs"
+    cmd += (f" --no-pager -o short-iso-precise | grep -F -e {shlex.quote(MARK)} -e {shlex.quote(START)}"
+            " | tail -n 400")
     res = session.run(cmd)
     lines = [ln for ln in res.stdout.splitlines() if MARK in ln]
-    doc.section(f"journal of {unit} ({scope}), logger connection lines", f"$ {cmd}\n" + "\n".join(lines))
+    doc.section(f"journal of {unit} ({scope}), logger start and connection lines",
+                f"$ {cmd}\n" + res.stdout.rstrip("\n"))
     evidence.details["journal_connection_lines"] = len(lines)
     if not lines:
         return f"no '{MARK} ...' line in the journal of {unit} since its last start"
-    last = lines[-1].split(MARK, 1)[1].strip()
-    evidence.details["logger_last"] = clip(last, 200)
-    if not last.startswith(GOOD):
-        return one_line(f"gateway_logger's latest connection line says: {last}", 200)
+    latest = latest_per_worker(res.stdout.splitlines())
+    alive = running_pids(session, latest)
+    judged = {pid: last for pid, last in latest.items() if pid in alive}
+    evidence.details["workers_started"] = len(latest)
+    evidence.details["workers_connected"] = sum(1 for last in judged.values() if last.startswith(GOOD))
+    evidence.details["logger_last"] = clip(lines[-1].split(MARK, 1)[1].strip(), 200)
+    if not judged:
+        return f"none of the {len(latest)} logger process(es) that started in this invocation still runs"
+    for pid, last in sorted(judged.items()):
+        if not last:
+            return f"worker pid {pid} of {unit} started its logger but has no database connection line yet"
+        if not last.startswith(GOOD):
+            return one_line(f"worker pid {pid}: gateway_logger's latest connection line says: {last}", 200)
     return None
+
+
+def latest_per_worker(lines: list[str]) -> dict[int, str]:
+    """pid -> the text after ``database connection`` of its latest line ('' if it only said ``starting``)."""
+    latest: dict[int, str] = {}
+    for line in lines:
+        m = PID_RE.search(line)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if MARK in line:
+            latest[pid] = line.split(MARK, 1)[1].strip().lstrip(":").strip()
+        elif START in line:
+            latest[pid] = ""  # a (re)start of this pid: its earlier lines no longer vouch
+    return latest
+
+
+def running_pids(session, pids: dict[int, str]) -> set[int]:  # noqa: ANN001 (an ssh session)
+    """Which of ``pids`` still run on the host (a worker that died leaves its lines behind)."""
+    if not pids:
+        return set()
+    res = session.run(f"ps -o pid= -p {','.join(str(p) for p in sorted(pids))} || true")
+    return {int(tok) for tok in res.stdout.split() if tok.isdigit()}
 
 
 def probe_evidence(target: Target, db: ReaderDb, evidence: CheckResult) -> str | None:
@@ -86,12 +132,17 @@ def probe_evidence(target: Target, db: ReaderDb, evidence: CheckResult) -> str |
         title=f"sessions of {user} on {dbname} (expected from the gateway {gateway_addr})",
         sql=str(SESSIONS_SQL), columns=["pid", "usename", "application_name", "client_addr", "state",
                                         "backend_start"], rows=rows), active()))
-    from_gateway = [r for r in rows if r.client_addr and r.client_addr.split("/")[0] == gateway_addr]
+    from_host = [r for r in rows if r.client_addr and r.client_addr.split("/")[0] == gateway_addr]
+    from_gateway = [r for r in from_host if r.application_name == LOGGER_APP]
     evidence.details["sessions_from_gateway"] = len(from_gateway)
     if read_only != "on":
         return f"the probe's transaction is not READ ONLY (transaction_read_only={read_only})"
     if from_gateway:
         return None
+    if from_host:
+        names = ", ".join(sorted({str(r.application_name or "''") for r in from_host}))
+        return (f"no session of {user} from the gateway {gateway_addr} opened by the logger (application_name "
+                f"{LOGGER_APP}); {len(from_host)} other session(s) from it: {names}")
     if rows and all(r.client_addr is None for r in rows):
         return (f"pg_stat_activity hides client addresses from {target.vars['db_reader_user']} "
                 f"({len(rows)} session(s) of {user}); grant it pg_read_all_stats")

@@ -213,3 +213,32 @@ def test_dead_writer_fails_check_8(tmp_path: Path, embedded_lab) -> None:  # noq
     assert run.check("chat_call")["outcome"] == "passed"
     assert_fails(run, "logger_metrics", r"gateway_logger's writer is not alive \(writer_alive=0\): rows are "
                                         r"queued and nothing writes them")
+
+
+FOREIGN = "poc1-foreign-session"
+
+
+def test_another_session_from_the_gateway_host_does_not_vouch_for_a_stopped_gateway(  # noqa: ANN001
+        tmp_path: Path, embedded_lab) -> None:
+    """The gateway is stopped while another program on its host holds a session as the logger's user (db_init,
+    a psql left open): check 2 must not take that session for the logger's."""
+    from tests.support.lab_unit import gateway_unit
+
+    hold = ("import os, time, db_init; c = db_init.make_engine(os.environ['POC1_DB_URL'], application_name='psql')"
+            ".connect(); print('held', flush=True); time.sleep(170)")
+    _gateway(f"systemctl stop litellm-gateway && systemd-run --unit {FOREIGN} --collect "
+             f"--property=EnvironmentFile=/etc/litellm/litellm.env --working-directory=/opt/litellm "
+             f"--property=RuntimeMaxSec=180 /opt/litellm/venv/bin/python3 -c {shlex.quote(hold)}")
+    try:
+        held = _gateway(f"for i in $(seq 30); do journalctl -u {FOREIGN} -o cat --no-pager | grep -q held && "
+                        "echo yes && break; sleep 1; done")
+        assert held == "yes", "the foreign session did not open"
+        run = run_suite(tmp_path / "evidence", "acceptance/check_gateway_db_connect.py", timeout=120)
+    finally:
+        _gateway(f"systemctl stop {FOREIGN} || true")
+        gateway_unit("start")
+    assert_fails(run, "gateway_db_connect", r"^journal: litellm-gateway is inactive on gateway "
+                                            r"10\.231\.0\.18: no logger runs; probe: no session of "
+                                            r"litellm_user from the gateway 10\.231\.0\.18 opened by the "
+                                            r"logger \(application_name gateway_logger\); 1 other "
+                                            r"session\(s\) from it: psql$")
