@@ -16,6 +16,11 @@ from tests.support.pgserver import PgServer  # noqa: E402
 netguard.install()  # Python sockets in the project's tests reach only loopback and the lab's bridge
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``lab_teardown`` break the lab the others need: they run last, in their own order."""
+    items.sort(key=lambda item: item.get_closest_marker("lab_teardown") is not None)  # stable sort
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
     """A real PostgreSQL cluster on 127.0.0.1, for the whole session."""
@@ -32,8 +37,8 @@ def fresh_db(pg: PgServer) -> str:
 @pytest.fixture(scope="session")
 def embedded_lab():
     """The embedded two-host lab, brought up idempotently by `python -m lab up` (builds the rootfs cache
-    on a cold machine); yields its LabDescription. Left up at the end: CI tears it down explicitly
-    (tests/test_zz_lab_teardown.py, `make lab-down`)."""
+    on a cold machine); yields its LabDescription. Left up at the end: the ``lab_teardown`` tests
+    (tests/test_lab_teardown.py, run last) or `make lab-down` take it down."""
     import subprocess
     import sys
     from pathlib import Path

@@ -1,5 +1,6 @@
-"""Last in the session (file name): `up` recovers from a killed run, then `down` leaves nothing behind.
-The lab stays down afterwards."""
+"""`up` recovers from a killed run, then `down` leaves nothing behind; the lab stays down afterwards. These
+break the lab every other lab test needs, so they carry ``lab_teardown``: tests/conftest.py runs them after
+every other test of the session, whatever their file is called."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import pytest
 import lab
 from lab import cgroups, layout, machine, mounts, network
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.lab_teardown]
 REPO = Path(__file__).resolve().parent.parent
 
 
