@@ -67,7 +67,7 @@ def test_code_identity(target: Target, hosts: Hosts, run: RunContext, evidence: 
                 [f"{k}: {on_gateway.get(k)}" for k in ("python", "litellm", "sqlalchemy", "psycopg2")])
 
     session = hosts.gateway
-    props, _ = systemd.show(session, unit, ("MainPID", "ExecMainStartTimestamp", "ActiveState"))
+    props, _ = session.service(unit).show(("MainPID", "ExecMainStartTimestamp", "ActiveState"))
     started = systemd.epoch(props.get("ExecMainStartTimestamp"))
     started_at = (datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
                   if started else "unknown")

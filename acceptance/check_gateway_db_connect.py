@@ -16,12 +16,12 @@ import shlex
 
 from sqlalchemy import bindparam, text
 
-from acceptance import systemd
 from acceptance.spec import CheckSpec
 from evidence_writers.redaction import active, clip
 from evidence_writers.result import CheckResult
 from evidence_writers.writers import SqlResult, render_table
 from fixtures.context import Hosts
+from fixtures.host import Host
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
@@ -49,7 +49,7 @@ def journal_evidence(target: Target, hosts: Hosts, evidence: CheckResult) -> str
     doc = evidence.text("gateway_db_connect.log")
     unit = str(target.vars["gateway_service"])
     session = hosts.gateway
-    props, shown = systemd.show(session, unit, ("InvocationID", "ActiveEnterTimestamp", "ActiveState"))
+    props, shown = session.service(unit).show(("InvocationID", "ActiveEnterTimestamp", "ActiveState"))
     invocation = props.get("InvocationID", "")
     since = props.get("ActiveEnterTimestamp", "")
     doc.section(f"unit {unit}", shown.transcript())
@@ -106,7 +106,7 @@ def latest_per_worker(lines: list[str]) -> dict[int, str]:
     return latest
 
 
-def running_pids(session, pids: dict[int, str]) -> set[int]:  # noqa: ANN001 (an ssh session)
+def running_pids(session: Host, pids: dict[int, str]) -> set[int]:
     """Which of ``pids`` still run on the host (a worker that died leaves its lines behind)."""
     if not pids:
         return set()

@@ -7,7 +7,6 @@ start at the run's start, now and at the previous run's end.
 """
 from __future__ import annotations
 
-import shlex
 
 import pytest
 
@@ -34,10 +33,10 @@ def test_service_status(request: pytest.FixtureRequest, unit_baseline: object, t
     doc.add(f"# {unit} on gateway {gw.address} (inventory group {target.group})")
     session = hosts.gateway
 
-    status = session.run(f"SYSTEMD_COLORS=0 systemctl status {shlex.quote(unit)} --no-pager | head -n 20")
+    status = session.service(unit).status(lines=20)
     doc.section(f"systemctl status {unit} | head -n 20", status.stdout or status.stderr)
 
-    props, shown = systemd.show(session, unit, PROPS)
+    props, shown = session.service(unit).show(PROPS)
     doc.section(f"systemctl show {unit}", shown.transcript())
 
     now = session.run("date +%s")

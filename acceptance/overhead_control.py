@@ -10,7 +10,6 @@ than the logger with its writes off: anything the logger's code costs before it 
 """
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +17,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from acceptance import systemd
 from evidence_writers.redaction import clip
 from fixtures.errors import CheckFailure, one_line
 from fixtures.inventory import Target
-from fixtures.ssh import SshSession
+from fixtures.host import Host
 
 DEFAULT_UNIT = "litellm-gateway-control"
 #: LiteLLM starts in ~8-10 s on the lab's two cores; beyond this the control is broken, not slow
@@ -57,7 +55,7 @@ def url_of(target: Target) -> str:
     return str(url).rstrip("/")
 
 
-def _wait_ready(session: SshSession, unit: str, url: str, deadline: float) -> None:
+def _wait_ready(host: Host, unit: str, url: str, deadline: float) -> None:
     last = "no answer yet"
     with httpx.Client(timeout=httpx.Timeout(3.0, connect=2.0), trust_env=False) as client:
         while time.monotonic() < deadline:
@@ -67,34 +65,34 @@ def _wait_ready(session: SshSession, unit: str, url: str, deadline: float) -> No
                 last = "liveliness not 200"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}"
-            active = session.run(f"systemctl is-active {shlex.quote(unit)}")
+            active = host.run("systemctl is-active %s", unit)
             if active.stdout.strip() in ("failed", "inactive"):
-                journal = session.run(f"journalctl -u {shlex.quote(unit)} -n 3 --no-pager -o cat")
-                raise CheckFailure(one_line(f"control listener {unit} on {session.host.name} exited while "
+                journal = host.service(unit).journal(lines=3)
+                raise CheckFailure(one_line(f"control listener {unit} on {host.name} exited while "
                                             f"starting: {clip(journal.stdout.strip(), 300, keep='tail')}"))
             time.sleep(0.5)
     raise CheckFailure(f"control listener {unit} at {url}: not answering within {START_TIMEOUT_S:g} s ({last})")
 
 
 @contextmanager
-def running(session: SshSession, target: Target) -> Iterator[Control]:
+def running(host: Host, target: Target) -> Iterator[Control]:
     """Start the control listener, wait until it answers, yield it; always stop it afterwards."""
     unit, url = unit_of(target), url_of(target)
-    props, _ = systemd.show(session, unit, PROPS)
+    props, _ = host.service(unit).show(PROPS)
     if props.get("LoadState") == "not-found":
-        raise CheckFailure(f"control listener {unit} is not installed on {session.host.name} "
+        raise CheckFailure(f"control listener {unit} is not installed on {host.name} "
                            "(install deploy/litellm-gateway-control.service, see POC-1/RUNBOOK.md)")
     t0 = time.monotonic()
     try:
-        started = session.run(f"systemctl start {shlex.quote(unit)}", timeout=30)
+        started = host.service(unit).start(timeout=30)
         if not started.ok:
-            raise CheckFailure(one_line(f"systemctl start {unit} on {session.host.name}: "
+            raise CheckFailure(one_line(f"systemctl start {unit} on {host.name}: "
                                         f"{started.stderr.strip() or f'exit {started.rc}'}"))
-        _wait_ready(session, unit, url, t0 + START_TIMEOUT_S)
-        props, _ = systemd.show(session, unit, PROPS)
+        _wait_ready(host, unit, url, t0 + START_TIMEOUT_S)
+        props, _ = host.service(unit).show(PROPS)
         yield Control(unit, url, time.monotonic() - t0, props)
     finally:
         try:
-            session.run(f"systemctl stop {shlex.quote(unit)}", timeout=30)
+            host.service(unit).stop(timeout=30)
         except CheckFailure:
             pass  # the check's own cause matters more; RuntimeMaxSec stops it anyway

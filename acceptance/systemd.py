@@ -1,33 +1,12 @@
-"""Reading a unit's state over SSH: ``systemctl show`` parsed into a dict, plus formatting helpers.
+"""Reading systemd's values: ``@epoch`` timestamps, sizes and durations as the artifacts show them.
 
-Why ``show`` and not the text of ``status``: ``status`` is for humans (and goes into the artifact as
-such); the pass/fail decision is made on the machine-readable properties.
+The unit's state itself comes from ``host.service(name).show(...)`` (fixtures/host.py): ``show`` and not
+the text of ``status``, because ``status`` is for humans (it goes into the artifact as such) and the
+pass/fail decision is made on the machine-readable properties.
 """
 from __future__ import annotations
 
-import shlex
-
-from fixtures.ssh import CommandResult, SshSession
-
 UNSET = {"", "[not set]", "18446744073709551615", "infinity"}
-
-
-def parse_show(stdout: str) -> dict[str, str]:
-    props: dict[str, str] = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            props[key.strip()] = value.strip()
-    return props
-
-
-def show(session: SshSession, unit: str, props: tuple[str, ...]) -> tuple[dict[str, str], CommandResult]:
-    """Properties of ``unit`` with timestamps as ``@<epoch>`` (systemd >= 248), else as printed."""
-    base = f"systemctl show {shlex.quote(unit)} --no-pager -p {','.join(props)}"
-    res = session.run(f"{base} --timestamp=unix")
-    if res.rc != 0 and "timestamp" in res.stderr:
-        res = session.run(base)
-    return parse_show(res.stdout), res
 
 
 def epoch(value: str | None) -> float | None:

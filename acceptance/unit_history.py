@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from acceptance import systemd
-from fixtures.ssh import SshSession
+from fixtures.host import Host
 
 PROPS = ("InvocationID", "ActiveEnterTimestamp", "NRestarts", "ActiveState", "SubState")
 
@@ -36,8 +36,8 @@ class UnitReading:
     run_id: str = ""
 
     @classmethod
-    def read(cls, session: SshSession, unit: str, run_id: str = "") -> "UnitReading":
-        props, _ = systemd.show(session, unit, PROPS)
+    def read(cls, session: Host, unit: str, run_id: str = "") -> "UnitReading":
+        props, _ = session.service(unit).show(PROPS)
         host = session.run("systemctl show --timestamp=unix -p UserspaceTimestamp --value 2>/dev/null "
                            "|| systemctl show -p UserspaceTimestamp --value")
         nr = props.get("NRestarts", "")
