@@ -4,8 +4,10 @@ the running process.
 The versions lock has long recorded whether the gateway's files equal the repository's, but the verdict
 ignored it: a gateway running an edited gateway_logger.py signed off GO. Two facts decide here:
 
-1. the sha256 of ``db_init.py``, ``gateway_logger.py`` and ``config.yaml`` on the gateway equals the
-   repository's (the files the suite's commit signs);
+1. the sha256 of ``db_init.py``, ``config.yaml`` and every file of the ``gateway_logger/`` package on
+   the gateway equals the repository's (the files the suite's commit signs), and the package has no file
+   the repository's lacks; the logger's ``code_sha256`` (sha256 over the package's files and db_init.py,
+   see gateway_logger/identity.py: what its ``build_info`` metric and start line say) is shown for both;
 2. no file of the app directory, the config or the gateway's venv (``*.pyc`` aside: Python writes them
    at import) changed after the unit's main process started: Python keeps what it imported, so a file
    edited — or a package upgraded — under a running process is not what the process runs.
@@ -52,17 +54,21 @@ def test_code_identity(target: Target, hosts: Hosts, run: RunContext, evidence: 
     on_gateway = versions.gateway_versions(run)
     if "error" in on_gateway:
         raise CheckFailure(f"gateway {gw.address}: cannot read its code: {on_gateway['error']}")
-    repo = {name: versions.sha256_of(versions.ROOT / name) for name in versions.REPO_FILES}
-    rows = []
-    differ = []
-    for name in versions.REPO_FILES:
-        have = on_gateway["files"].get(name)
-        rows.append(f"{name}: repository {repo[name][:16]}…  gateway {str(have)[:16]}…  "
-                    f"({on_gateway['paths'][name]})")
-        if have != repo[name]:
-            what = "unreadable" if str(have).startswith("unreadable") else f"sha256 {str(have)[:12]}"
-            differ.append(f"{on_gateway['paths'][name]} ({what}, the repository's {repo[name][:12]})")
+    repo = versions.repo_files()
+    have = on_gateway["files"]
+    paths = on_gateway["paths"]
+    rows = [f"{name}: repository {str(repo.get(name, 'none'))[:16]}…  gateway {str(have.get(name))[:16]}…  "
+            f"({paths.get(name, name)})" for name in [*repo, *sorted(set(have) - set(repo))]]
+    codes = {"repository": versions.code_sha256(repo), "gateway": on_gateway.get("code_sha256")}
+    rows.append(f"code_sha256 (the logger's: gateway_logger/*.py, db_init.py): repository "
+                f"{codes['repository']}  gateway {codes['gateway']}")
     doc.section("sha256 of the signed files", rows)
+    differ = [f"{paths.get(name, name)} ({what})" for name, what in versions.differences(repo, have)]
+    if len(differ) > CHANGED_NAMED:
+        differ[CHANGED_NAMED:] = [f"and {len(differ) - CHANGED_NAMED} more file(s)"]
+    if differ and codes["gateway"] != codes["repository"]:
+        differ[-1] += (f"; code_sha256 {str(codes['gateway'])[:12]}, the repository's "
+                       f"{str(codes['repository'])[:12]}")
     doc.section("packages in the gateway's venv now",
                 [f"{k}: {on_gateway.get(k)}" for k in ("python", "litellm", "sqlalchemy", "psycopg2")])
 
@@ -84,7 +90,7 @@ def test_code_identity(target: Target, hosts: Hosts, run: RunContext, evidence: 
     else:
         doc.section("files changed under the running process", [f"not judged: {unit} is "
                                                                 f"{props.get('ActiveState')} (check 1)"])
-    evidence.details.update(files_match={n: on_gateway["files"].get(n) == repo[n] for n in repo},
+    evidence.details.update(files_match=versions.files_match(repo, have), code_sha256=codes,
                             changed_since_start=len(changed), main_started=started,
                             litellm=on_gateway.get("litellm"), sqlalchemy=on_gateway.get("sqlalchemy"))
 

@@ -146,7 +146,7 @@ def is_up() -> bool:
 
 def _sync_code(values: dict[str, str]) -> list[str]:
     """A running lab picks up the repo's current code: changed files are copied, their units restarted."""
-    changed = provision.place(GATEWAY, provision.gateway_code())
+    changed = provision.place(GATEWAY, provision.gateway_code()) + provision.remove_stale(GATEWAY)
     if not changed:
         return []
     machine.exec_(GATEWAY, ["systemctl", "daemon-reload"])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab import layout, machine, network, tls
 from lab.credentials import scram_verifier
@@ -74,6 +76,13 @@ SCHEMA_FILE = "/opt/litellm/db_init.py"
 MIGRATION_FILES = sorted(str(p.relative_to(layout.REPO)) for p in (layout.REPO / "migrations").rglob("*")
                          if p.is_file() and p.suffix in (".py", ".mako") and "__pycache__" not in p.parts)
 SCHEMA_FILES = (SCHEMA_FILE, *(f"/opt/litellm/{rel}" for rel in MIGRATION_FILES))
+#: the logger package, every file of it (the ``*.py`` files directly in gateway_logger/: what its
+#: code_sha256 covers), to /opt/litellm/gateway_logger/ (the unit's PYTHONPATH is /opt/litellm)
+LOGGER_DIR = "/opt/litellm/gateway_logger"
+LOGGER_FILES = sorted(str(p.relative_to(layout.REPO)) for p in (layout.REPO / "gateway_logger").glob("*.py")
+                      if p.is_file())
+#: what a lab built before the logger was a package still has: removed on the next lab-up
+OBSOLETE_GATEWAY_FILES = ("/opt/litellm/gateway_logger.py",)
 
 
 def gateway_code() -> list[Placed]:
@@ -82,7 +91,7 @@ def gateway_code() -> list[Placed]:
         Placed("/etc/litellm/config.yaml", _repo_file("config.yaml")),
         Placed(SCHEMA_FILE, _repo_file("db_init.py")),
         *(Placed(f"/opt/litellm/{rel}", _repo_file(rel)) for rel in MIGRATION_FILES),
-        Placed("/opt/litellm/gateway_logger.py", _repo_file("gateway_logger.py")),
+        *(Placed(f"/opt/litellm/{rel}", _repo_file(rel)) for rel in LOGGER_FILES),
         Placed(f"/etc/systemd/system/{layout.GATEWAY_UNIT}.service", _repo_file("deploy/litellm-gateway.service")),
         Placed(f"/etc/systemd/system/{layout.CONTROL_UNIT}.service",
                _repo_file("deploy/litellm-gateway-control.service")),
@@ -151,6 +160,31 @@ def place(host: Host, files: list[Placed]) -> list[str]:
     return changed
 
 
+def stale_gateway_files(root: Path) -> list[str]:
+    """Files under the gateway host's ``root`` that the repository's code no longer has: the logger's
+    old single module, and files of the package directory other than the repository's (a module since
+    removed, one a test wrote); bytecode caches aside."""
+    stale = [p for p in OBSOLETE_GATEWAY_FILES if (root / p.lstrip("/")).exists()]
+    package = root / LOGGER_DIR.lstrip("/")
+    wanted = {f"/opt/litellm/{rel}" for rel in LOGGER_FILES}
+    if package.is_dir():
+        stale += sorted(f"{LOGGER_DIR}/{p.name}" for p in package.iterdir()
+                        if p.name != "__pycache__" and f"{LOGGER_DIR}/{p.name}" not in wanted)
+    return stale
+
+
+def remove_stale(host: Host) -> list[str]:
+    """Remove ``stale_gateway_files`` from the host's root (from the runner); returns their paths."""
+    stale = stale_gateway_files(host.root)
+    for path in stale:
+        target = host.root / path.lstrip("/")
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    return stale
+
+
 def _ids(host: Host, user: str, group: str) -> tuple[int, int]:
     """Numeric ids of a user and group as the host's own /etc/passwd and /etc/group define them."""
     def lookup(table: str, name: str) -> int:
@@ -208,6 +242,7 @@ def common(host: Host, authorized_key: str) -> None:
 
 def gateway_host(values: dict[str, str]) -> None:
     place(GATEWAY, [*gateway_code(), gateway_env(values), *gateway_tls_files()])
+    remove_stale(GATEWAY)
     for unit in (layout.STANDIN_UNIT, layout.GATEWAY_UNIT):
         _enable(GATEWAY, f"{unit}.service")
     _mask(GATEWAY, "postgresql.service")  # the base has it; the gateway host is not a database

@@ -183,7 +183,7 @@ def _set_db_link(up: bool) -> None:
 
 
 def _logger_drops_streams() -> None:
-    lab_mutation.deploy_logger(lab_mutation.repo_logger() + lab_mutation.DROPS_STREAMS)
+    lab_mutation.deploy_logger(lab_mutation.mutated_logger(lab_mutation.DROPS_STREAMS))
 
 
 def _logger_restored() -> None:

@@ -1,4 +1,4 @@
-"""gateway_logger.py through a real ``litellm --config config.yaml`` proxy into a real PostgreSQL.
+"""The gateway_logger package through a real ``litellm --config config.yaml`` proxy into a real PostgreSQL.
 
 Every answer the gateway gives (200, no-key 401, unknown-model 400, upstream-down 5xx) must become one
 ``requests`` row with one linked ``responses`` row; the raw key never lands anywhere; the journal line

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 import lab
 from db_init import Request, Response
-from lab import layout, machine, prereqs
+from lab import layout, machine, prereqs, provision
 from lab.errors import LabError
 from tests.support.lab import REPO, LocalLab, local_group
 
@@ -203,9 +203,15 @@ def test_secrets_stay_in_root_only_files(local: LocalLab) -> None:
 
 @pytest.mark.lab
 def test_gateway_runs_the_repos_code(local: LocalLab) -> None:
+    logger = [(f"/opt/litellm/{rel}", rel) for rel in provision.LOGGER_FILES]
+    assert len(logger) > 1 and "gateway_logger/__init__.py" in provision.LOGGER_FILES
     for path, rel in (("/etc/litellm/config.yaml", "config.yaml"), ("/opt/litellm/db_init.py", "db_init.py"),
-                      ("/opt/litellm/gateway_logger.py", "gateway_logger.py")):
+                      *logger):
         assert local.run("gateway", f"cat {path}")[1] == (REPO / rel).read_text(), path
+    assert local.run("gateway", "test -e /opt/litellm/gateway_logger.py")[0] == 1  # the old module is gone
+    out = local.run("gateway", "ls /opt/litellm/gateway_logger")[1]  # the package: the repo's files only
+    deployed = sorted(n for n in out.split() if n.endswith(".py"))
+    assert deployed == [rel.split("/")[1] for rel in provision.LOGGER_FILES], out
 
 
 @pytest.mark.lab

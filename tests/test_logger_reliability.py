@@ -557,17 +557,18 @@ def test_a_segment_is_never_visible_before_it_is_locked(tmp_path: Path, monkeypa
     mine = gateway_logger.Spool(str(tmp_path), 1000, 100, tag)
     other = gateway_logger.Spool(str(tmp_path), 1000, 100, tag)
     assert other.append([_record("the other worker's own row")]) == 1  # it has rows, so it looks at segments
-    real_flock, looked = gateway_logger.fcntl.flock, []
+    fcntl = gateway_logger.spool.fcntl  # the module the spool locks with
+    real_flock, looked = fcntl.flock, []
 
     def flock(fd: int, operation: int) -> None:
-        if operation == gateway_logger.fcntl.LOCK_EX and not looked:  # the writer's lock of a new segment
+        if operation == fcntl.LOCK_EX and not looked:  # the writer's lock of a new segment
             looked.append(1)
             while (taken := other.take()) is not None:  # the other worker replays all it can, right now,
                 os.unlink(taken[0])  # and removes each segment, as its writer does
                 os.close(taken[1])
         real_flock(fd, operation)
 
-    monkeypatch.setattr(gateway_logger.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     records = [_record(f"race {n}") for n in range(5)]
     assert mine.append(records) == 5
     mine.close()
@@ -622,8 +623,9 @@ def test_start_line_and_metric_name_the_loaded_code_and_package_versions(poison_
     import sqlalchemy
 
     gw, _ = poison_gw
-    root = Path(gateway_logger.__file__).resolve().parent
+    root = Path(gateway_logger.__file__).resolve().parent.parent  # holds the package and db_init.py
     files = {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in gateway_logger.CODE_FILES}
+    assert list(files)[0] == "gateway_logger/__init__.py" and list(files)[-1] == "db_init.py"
     code = hashlib.sha256("".join(f"{d}  {n}\n" for n, d in files.items()).encode()).hexdigest()
     line = gw.wait_for_log("gateway_logger: build:")
     assert f"code_sha256={code}" in line and all(f"{n}={d}" in line for n, d in files.items()), line

@@ -174,12 +174,14 @@ def test_frozen_postgresql_fails_the_database_checks_within_their_bound(tmp_path
 
 
 def test_gateway_running_other_code_than_the_repositorys_fails_check_9(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001
-    """One line appended to the gateway's logger, restarted: it runs, it logs — and it is not what is signed."""
-    with lab_mutation.patched_logger("POC1_FAULT_STALE_CODE = True  # not the repository's file"):
+    """One line appended to the gateway's logger package, restarted: it runs, it logs — and it is not what is
+    signed."""
+    with lab_mutation.patched_logger(lab_mutation.STALE_CODE):
         run = run_suite(tmp_path / "evidence", "acceptance/check_code_identity.py", timeout=120)
     assert_fails(run, "code_identity", r"^gateway 10\.231\.0\.18 runs code other than the repository's: "
-                                       r"/opt/litellm/gateway_logger\.py \(sha256 [0-9a-f]{12}, the repository's "
-                                       r"[0-9a-f]{12}\)$")
+                                       r"/opt/litellm/gateway_logger/__init__\.py \(sha256 [0-9a-f]{12}, the "
+                                       r"repository's [0-9a-f]{12}\); code_sha256 [0-9a-f]{12}, the "
+                                       r"repository's [0-9a-f]{12}$")
 
 
 def test_venv_changed_under_the_running_gateway_fails_check_9(tmp_path: Path, embedded_lab) -> None:  # noqa: ANN001

@@ -149,3 +149,21 @@ def verify_in_gateway(files: dict[str, str]) -> subprocess.CompletedProcess[str]
                                     f"{scratch}/{SERVICE.name}"], check=False, timeout=60)
     finally:
         lab.exec("gateway", ["rm", "-rf", scratch], check=False)
+
+
+GATEWAY_UNIT = DEPLOY / "litellm-gateway.service"
+CONTROL_UNIT = DEPLOY / "litellm-gateway-control.service"
+
+
+def test_the_gateway_unit_puts_the_logger_package_on_the_path() -> None:
+    """The logger is a package (gateway_logger/): LiteLLM imports config.yaml's callback from sys.path, so the
+    unit's PYTHONPATH must be the directory the runbook installs the package and db_init.py into."""
+    s = unit(GATEWAY_UNIT)["Service"]
+    assert "PYTHONPATH=/opt/litellm" in s["Environment"] and s["WorkingDirectory"] == ["/opt/litellm"]
+    assert "`/opt/litellm/gateway_logger/`" in (REPO / "POC-1" / "RUNBOOK.md").read_text()
+    callbacks = yaml.safe_load((REPO / "config.yaml").read_text())["litellm_settings"]["callbacks"]
+    assert callbacks == "gateway_logger.proxy_handler_instance"
+    assert (REPO / "gateway_logger" / "__init__.py").is_file()
+    # the control listener drops the callbacks at start: it never imports the logger
+    (pre,) = unit(CONTROL_UNIT)["Service"]["ExecStartPre"]
+    assert "pop('callbacks'" in pre

@@ -209,8 +209,8 @@ def test_one_row_per_transaction_writer(bench_db: str, benchmark: Any, bench_res
     def run() -> None:
         t0 = time.perf_counter()
         for r in records:
-            req = dict(r["request"], start_time=gateway_logger._ts(r["request"]["start_time"]),
-                       end_time=gateway_logger._ts(r["request"]["end_time"]))
+            req = dict(r["request"], start_time=gateway_logger.rows.utc_datetime(r["request"]["start_time"]),
+                       end_time=gateway_logger.rows.utc_datetime(r["request"]["end_time"]))
             with engine.begin() as conn:
                 pk = conn.execute(pg_insert(db_init.Request).values(**req).returning(db_init.Request.id)).scalar_one()
                 conn.execute(pg_insert(db_init.Response).values(**r["response"], request_id_fk=pk))

@@ -95,7 +95,7 @@ VERSIONS = {
         "os": "Debian GNU/Linux 12 (bookworm)",
     },
     "db": {"postgresql": "15.18 (Debian 15.18-0+deb12u1)", "os": "Debian GNU/Linux 12 (bookworm)"},
-    "files_match": {"db_init.py": True, "config.yaml": True, "gateway_logger.py": True},
+    "files_match": {"db_init.py": True, "config.yaml": True, "gateway_logger/": True},
 }
 
 

@@ -70,13 +70,30 @@ class GatewayStartError(RuntimeError):
     pass
 
 
+#: what the gateway's app directory holds for the logger (/opt/litellm on the gateway: the package and the
+#: schema beside it, on the unit's PYTHONPATH)
+APP_ENTRIES = ("gateway_logger", "db_init.py")
+
+
+def app_dir(directory: Path) -> Path:
+    """``directory`` made the gateway's app directory: links to the repository's logger package and
+    db_init.py, and nothing else (the repository's root on sys.path would put its ``tests``, ``lab``,
+    ``tools`` ... packages in the proxy's way)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in APP_ENTRIES:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(ROOT / name)
+    return directory
+
+
 def config_copy(directory: Path, models: Mapping[str, Mapping[str, object]],
                 router_settings: Mapping[str, object] | None = None) -> Path:
-    """config.yaml plus test-only model groups, in ``directory`` beside a link to gateway_logger.py.
+    """config.yaml plus test-only model groups, in ``directory``.
 
     Each group in ``models`` is a copy of the chat model's deployment with those ``litellm_params``
-    changed (e.g. ``rpm`` or ``timeout``). The link keeps the production load path: LiteLLM takes the
-    callback from beside its config file."""
+    changed (e.g. ``rpm`` or ``timeout``). The logger is found as in production: LiteLLM imports the
+    package from the proxy's PYTHONPATH (``Gateway.proxy_env``), wherever the config file is."""
     config = yaml.safe_load(CONFIG.read_text())
     chat = next(m for m in config["model_list"] if m["model_name"] == MODEL)
     config["model_list"] += [{"model_name": name, "litellm_params": {**chat["litellm_params"], **params}}
@@ -84,7 +101,6 @@ def config_copy(directory: Path, models: Mapping[str, Mapping[str, object]],
     if router_settings:
         config["router_settings"] = dict(router_settings)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "gateway_logger.py").symlink_to(ROOT / "gateway_logger.py")
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -153,6 +169,11 @@ class Gateway:
     def log_path(self) -> Path:
         return self.workdir / "gateway.log"
 
+    @property
+    def app_path(self) -> Path:
+        """The proxy's PYTHONPATH: the logger package and db_init.py, as /opt/litellm on the gateway."""
+        return self.workdir / "app"
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -166,6 +187,7 @@ class Gateway:
             UPSTREAM_API_KEY=self.upstream_key,
             POC1_LOGGER_SPOOL_DIR=str(self.spool_dir),
             POC1_LOGGER_METRICS_PORT=str(self.metrics_port),
+            PYTHONPATH=str(app_dir(self.app_path)),  # only the app directory, as the unit sets it
             PYTHONUNBUFFERED="1",
         )
         env.update(self.env)

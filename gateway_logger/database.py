@@ -1,0 +1,98 @@
+"""The database side of the writer that holds no state: where the URL comes from, how a failed write is
+told apart (the rows' fault, or an outage), and the SQL of one batch transaction."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import Engine, delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, StatementError
+
+import db_init
+from gateway_logger.rows import FAILED_FROM, Written, outcome_per_call, succeeded, utc_datetime
+
+Request, Response = db_init.Request, db_init.Response
+
+
+class Outage(Exception):
+    """The database cannot take writes now (down, frozen, refusing): these rows must wait."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(rows)} row(s) not written")
+        self.rows = rows
+
+
+_ROW_ERROR_CLASSES = ("22", "23")  # SQLSTATE classes that belong to one row's data
+
+
+def is_row_error(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        code = getattr(exc.orig, "pgcode", None) or ""
+        return code[:2] in _ROW_ERROR_CLASSES
+    if isinstance(exc, StatementError):  # raised before the server saw it (encoding, JSON)
+        return True
+    return isinstance(exc, (ValueError, TypeError, UnicodeError))
+
+
+def resolve_db_url() -> str | None:
+    """``general_settings.gateway_logger_db_url`` of the running proxy, else ``$POC1_DB_URL``."""
+    proxy = sys.modules.get("litellm.proxy.proxy_server")
+    value = ((getattr(proxy, "general_settings", None) or {}).get("gateway_logger_db_url")
+             if proxy is not None else None)
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        value = os.environ.get(value.split("/", 1)[1])
+    return value or os.environ.get(db_init.URL_ENV) or None
+
+
+#: libpq keepalives: a vanished host (not a frozen process: its kernel still ACKs) is noticed in ~25 s
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 20_000}
+
+
+def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: int = 0) -> Written:
+    """One transaction: multi-row INSERT of requests (ON CONFLICT DO NOTHING, RETURNING id), then
+    the upgrade of earlier failures by later successes of the same calls, then the responses.
+    ``test_delay_ms``: TEST ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep inside the transaction."""
+    chosen = outcome_per_call(records)
+    req_params = []
+    for r in chosen.values():
+        p = dict(r["request"])
+        p.setdefault("call_id", p["request_id"])  # spooled before migration 0002: request_id = call id
+        p["start_time"], p["end_time"] = utc_datetime(p.get("start_time")), utc_datetime(p.get("end_time"))
+        req_params.append(p)
+    stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
+            .returning(Request.id, Request.request_id))
+    with engine.begin() as conn:
+        if test_delay_ms:  # TEST ONLY (see the settings). Before the first statement,
+            # so the transaction (and created_at = now()) starts after it: the lag is visible in the rows.
+            time.sleep(test_delay_ms / 1000.0)
+        ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
+        # rare path: a call already logged; a success replaces a failure logged for it before
+        successes = [p for p in req_params if p["request_id"] not in ids and succeeded(p)]
+        replaced = replace_failures(conn, successes) if successes else {}
+        resp_params = [dict(chosen[rid]["response"], request_id_fk=pk)
+                       for rid, pk in (*ids.items(), *replaced.items())]
+        if resp_params:
+            conn.execute(pg_insert(Response), resp_params)
+    return Written(len(ids), len(replaced), len(records) - len(ids) - len(replaced))
+
+
+def replace_failures(conn: Any, successes: list[dict[str, Any]]) -> dict[str, int]:
+    """LiteLLM retries inside one call: the failed attempt's event can come first, under the same
+    call id, then the success the client got. Upgrade such rows (request_id -> id) and drop the
+    failure's response row; a row already logged as a success is left as it is."""
+    stmt = pg_insert(Request)
+    columns = [c for c in successes[0] if c != "request_id"]
+    stmt = (stmt.on_conflict_do_update(
+        index_elements=[Request.request_id], set_={c: stmt.excluded[c] for c in columns},
+        where=(Request.status_code >= FAILED_FROM) & (stmt.excluded.status_code < FAILED_FROM))
+        .returning(Request.id, Request.request_id))
+    replaced = {rid: pk for pk, rid in conn.execute(stmt, successes).all()}
+    if replaced:
+        conn.execute(delete(Response).where(Response.request_id_fk.in_(list(replaced.values()))))
+    return replaced
