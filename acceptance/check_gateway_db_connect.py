@@ -33,7 +33,8 @@ pytestmark = CHECK.mark
 MARK = "gateway_logger: database connection"
 START = "gateway_logger: starting (pid "
 GOOD = ("established", "restored")
-#: the logger's sessions (gateway_logger.py names its engine so); other sessions of its user do not count
+#: the logger's sessions (gateway_logger/connection.py names its engine so); other sessions of its user
+#: do not count
 LOGGER_APP = "gateway_logger"
 #: ``... host litellm[PID]: gateway_logger: ...`` (journalctl -o short-iso-precise)
 PID_RE = re.compile(r"\[(\d+)\]: gateway_logger: ")
