@@ -21,9 +21,9 @@ from evidence_writers.redaction import active, clip
 from evidence_writers.result import CheckResult
 from evidence_writers.writers import SqlResult, render_table
 from fixtures.context import Hosts
-from fixtures.host import Host
 from fixtures.database import ReaderDb
 from fixtures.errors import CheckFailure, one_line
+from fixtures.host import Host
 from fixtures.inventory import Target
 
 CHECK = CheckSpec("gateway_db_connect", "Gateway is connected to PostgreSQL (logger journal + live session)",

@@ -7,7 +7,6 @@ start at the run's start, now and at the previous run's end.
 """
 from __future__ import annotations
 
-
 import pytest
 
 from acceptance import systemd, unit_history

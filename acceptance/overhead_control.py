@@ -19,8 +19,9 @@ import httpx
 
 from evidence_writers.redaction import clip
 from fixtures.errors import CheckFailure, one_line
-from fixtures.inventory import Target
 from fixtures.host import Host
+from fixtures.inventory import Target
+from tools.polling import poll_until
 
 DEFAULT_UNIT = "litellm-gateway-control"
 #: LiteLLM starts in ~8-10 s on the lab's two cores; beyond this the control is broken, not slow
@@ -56,12 +57,12 @@ def url_of(target: Target) -> str:
 
 
 def _wait_ready(host: Host, unit: str, url: str, deadline: float) -> None:
-    last = "no answer yet"
     with httpx.Client(timeout=httpx.Timeout(3.0, connect=2.0), trust_env=False) as client:
-        while time.monotonic() < deadline:
+        def answer() -> str | None:
+            """None once it answers; else what was seen (or the one-line cause if it exited)."""
             try:
                 if client.get(f"{url}/health/liveliness").status_code == 200:
-                    return
+                    return None
                 last = "liveliness not 200"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}"
@@ -70,8 +71,13 @@ def _wait_ready(host: Host, unit: str, url: str, deadline: float) -> None:
                 journal = host.service(unit).journal(lines=3)
                 raise CheckFailure(one_line(f"control listener {unit} on {host.name} exited while "
                                             f"starting: {clip(journal.stdout.strip(), 300, keep='tail')}"))
-            time.sleep(0.5)
-    raise CheckFailure(f"control listener {unit} at {url}: not answering within {START_TIMEOUT_S:g} s ({last})")
+            return last
+
+        ready, last = poll_until(answer, lambda seen: seen is None, timeout=deadline - time.monotonic(),
+                                 interval=0.5)
+    if not ready:
+        raise CheckFailure(f"control listener {unit} at {url}: not answering within {START_TIMEOUT_S:g} s "
+                           f"({last})")
 
 
 @contextmanager

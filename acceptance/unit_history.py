@@ -14,14 +14,13 @@ noted, not failed: its unit had to start again.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from acceptance import systemd
 from fixtures.host import Host
+from tools.files import atomic_write
 
 PROPS = ("InvocationID", "ActiveEnterTimestamp", "NRestarts", "ActiveState", "SubState")
 
@@ -64,11 +63,7 @@ def save(path: Path, host: str, reading: UnitReading) -> None:
     except (OSError, ValueError):
         doc = {}
     doc[host] = asdict(reading)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as out:
-        json.dump(doc, out, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=2))
 
 
 def _when(epoch: float | None) -> str:

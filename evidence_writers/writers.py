@@ -11,14 +11,13 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, final
 
 from evidence_writers.redaction import Redactor
+from tools.files import atomic_write
 
 MAX_CELL = 80
 
@@ -86,16 +85,7 @@ class EvidenceWriter(ABC):
             text = self._redactor.text(rendered)
             self._redactor.assert_clean(text, where=path.name)
             data = text.encode("utf-8")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data, 0o644)
         return Written(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data), time=utc_now())
 
 

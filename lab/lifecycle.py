@@ -7,10 +7,23 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 
-from lab import (cgroups, credentials, layout, lock, machine, mounts, network, prereqs, probe, provision, rootfs,
-                 tls)
+from lab import (
+    cgroups,
+    credentials,
+    layout,
+    lock,
+    machine,
+    mounts,
+    network,
+    prereqs,
+    probe,
+    provision,
+    rootfs,
+    tls,
+)
 from lab.errors import LabError
 from lab.layout import DB, GATEWAY
+from tools.polling import poll_until
 
 GATEWAY_READY_TIMEOUT_S = 180
 TLS_SESSION_TIMEOUT_S = 60
@@ -98,13 +111,10 @@ def _mirror() -> str:
 
 
 def _wait_gateway(values: dict[str, str], timeout: float = GATEWAY_READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    reason = "not tried"
-    while time.monotonic() < deadline:
-        code, reason = probe.chat_completion(values[layout.MASTER_KEY_ENV])
-        if code == 200:
-            return
-        time.sleep(0.5)
+    answered, (_, reason) = poll_until(lambda: probe.chat_completion(values[layout.MASTER_KEY_ENV]),
+                                       lambda answer: answer[0] == 200, timeout=timeout, interval=0.5)
+    if answered:
+        return
     journal = machine.exec_(GATEWAY, ["journalctl", "-u", layout.GATEWAY_UNIT, "-n", "1", "-o", "cat",
                                       "--no-pager"], check=False).stdout.strip()
     raise LabError(credentials.scrub(
@@ -208,13 +218,11 @@ def up() -> LabDescription:
 
 def _wait_sessions(encrypted: bool, timeout: float = TLS_SESSION_TIMEOUT_S) -> list[tuple[int, bool]]:
     """Until the logger's sessions (at least one) are all encrypted, or all in clear text."""
-    deadline = time.monotonic() + timeout
-    sessions: list[tuple[int, bool]] = []
-    while time.monotonic() < deadline:
-        sessions = provision.gateway_db_sessions()
-        if sessions and all(ssl == encrypted for _, ssl in sessions):
-            return sessions
-        time.sleep(0.3)
+    settled, sessions = poll_until(provision.gateway_db_sessions,
+                                   lambda found: bool(found) and all(ssl == encrypted for _, ssl in found),
+                                   timeout=timeout, interval=0.3)
+    if settled:
+        return sessions
     shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
     raise LabError(f"db: {layout.DB_USER}'s sessions from {GATEWAY.ip} not all "
                    f"{'encrypted' if encrypted else 'in clear text'} within {timeout:.0f} s (sessions: {shown})")

@@ -1,18 +1,24 @@
-"""One lab command at a time: an flock on a file in the cache (the kernel drops it when its holder dies,
-so a lock file left by a killed run never blocks)."""
+"""One lab command at a time: the run lock of tools/runlock.py (an flock the kernel drops when its holder
+dies, so a lock file left by a killed run never blocks) on a file in the cache, waited for."""
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lab import layout
 from lab.errors import LabError
-
+from tools.polling import poll_until
+from tools.runlock import try_lock
 
 TIMEOUT_ENV = "POC1_LAB_LOCK_TIMEOUT_S"  # how long to wait for another lab command (default 900 s)
+
+
+def _holder() -> str:
+    try:
+        return layout.LOCK_FILE.read_text(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
 
 
 @contextmanager
@@ -20,25 +26,20 @@ def held(timeout: float | None = None) -> Iterator[None]:
     if timeout is None:
         timeout = float(os.environ.get(TIMEOUT_ENV) or 900)
     layout.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    told: list[str] = []
+
+    def attempt() -> int | None:
+        fd = try_lock(layout.LOCK_FILE, str(os.getpid()), mode=0o600)
+        if fd is None and not told:
+            told.append(_holder())
+            print(f"lab: waiting for another lab command (pid {told[0]})", flush=True)
+        return fd
+
+    got, fd = poll_until(attempt, lambda fd: fd is not None, timeout=timeout, interval=1.0)
+    if not got or fd is None:
+        raise LabError(f"another lab command (pid {_holder()}) still holds {layout.LOCK_FILE} "
+                       f"after {timeout:.0f} s")
     try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                if time.monotonic() > deadline:
-                    raise LabError(f"another lab command (pid {holder}) still holds {layout.LOCK_FILE} "
-                                   f"after {timeout:.0f} s") from None
-                if not told:
-                    print(f"lab: waiting for another lab command (pid {holder})", flush=True)
-                    told = True
-                time.sleep(1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the flock

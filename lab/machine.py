@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from lab import cgroups, layout, mounts
 from lab.errors import LabError
 from lab.layout import Host
 from lab.shell import clean_env, last_line, run
+from tools.polling import poll_until
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -129,18 +129,19 @@ def start(host: Host) -> int:
 
 def wait_booted(host: Host, timeout: float = 60) -> str:
     """Wait until the container's systemd has finished start-up; returns its state (running/degraded)."""
-    deadline = time.monotonic() + timeout
-    state = "no init"
-    while time.monotonic() < deadline:
+    def system_state() -> str:
         if nspawn_pid(host) is None:
             raise LabError(f"{host.name}: systemd-nspawn exited during boot: "
                            f"{last_line(host.console_log.read_text(errors='replace')[-3000:])}")
-        if init_pid(host) is not None:
-            proc = exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10)
-            state = proc.stdout.strip() or last_line(proc.stderr)
-            if state in ("running", "degraded"):
-                return state
-        time.sleep(0.2)
+        if init_pid(host) is None:
+            return "no init"
+        proc = exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10)
+        return proc.stdout.strip() or last_line(proc.stderr)
+
+    booted, state = poll_until(system_state, lambda s: s in ("running", "degraded"), timeout=timeout,
+                               interval=0.2)
+    if booted:
+        return state
     raise LabError(f"{host.name}: not booted within {timeout:.0f} s (system state: {state})")
 
 
@@ -154,9 +155,7 @@ def stop(host: Host, timeout: float = 20) -> list[str]:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
+    poll_until(lambda: not any(_alive(p) for p in pids), timeout=timeout, interval=0.1)
     # what is left: an nspawn that ignored SIGTERM, or a container orphaned by a killed nspawn
     left = {p for p in pids if _alive(p)} | cgroups.pids(host.cgroup)
     for pid in left:  # nspawn ignored SIGTERM or died and left its container running: end them by id
@@ -164,9 +163,8 @@ def stop(host: Host, timeout: float = 20) -> list[str]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and ({p for p in left if _alive(p)} | cgroups.pids(host.cgroup)):
-        time.sleep(0.1)
+    poll_until(lambda: not ({p for p in left if _alive(p)} | cgroups.pids(host.cgroup)), timeout=5,
+               interval=0.1)
     return [str(p) for p in ({p for p in left if _alive(p)} | cgroups.pids(host.cgroup))]
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from lab.credentials import scram_verifier
 from lab.errors import LabError
 from lab.layout import DB, GATEWAY, Host
 from lab.shell import run
+from tools.polling import poll_until
 
 PG_ETC = f"/etc/postgresql/{layout.PG_VERSION}/main"
 SSHD_DROPIN = """# poc1 lab: key login only, one host key (the one recorded in the lab's known_hosts)
@@ -323,11 +323,10 @@ def _psql(database: str, sql: str) -> None:
 
 
 def wait_postgres(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if machine.exec_(DB, ["pg_isready", "-q", "-h", DB.ip], check=False, timeout=10).returncode == 0:
-            return
-        time.sleep(0.2)
+    ready, _ = poll_until(lambda: machine.exec_(DB, ["pg_isready", "-q", "-h", DB.ip], check=False,
+                                                 timeout=10).returncode == 0, timeout=timeout, interval=0.2)
+    if ready:
+        return
     state = machine.exec_(DB, ["systemctl", "is-active", layout.PG_UNIT], check=False).stdout.strip()
     raise LabError(f"db: PostgreSQL not accepting connections on {DB.ip} within {timeout:.0f} s ({layout.PG_UNIT} {state})")
 

@@ -12,12 +12,12 @@ import json
 import os
 import re
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from acceptance.registry import CHECKS
+from tools.files import atomic_write
 
 HISTORY_NAME = "history.jsonl"
 #: the suite's checks in their order (acceptance/registry.py is the one list)
@@ -124,17 +124,8 @@ def append_record(path: Path, record: RunRecord) -> None:
     old = path.read_bytes() if path.exists() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # no secret in the history; readable by whoever reads the trend page
-        with os.fdopen(fd, "wb") as out:
-            out.write(old + record.to_json().encode() + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # 0644: no secret in the history; readable by whoever reads the trend page
+    atomic_write(path, old + record.to_json().encode() + b"\n", 0o644, fsync=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

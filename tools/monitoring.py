@@ -17,11 +17,13 @@ from typing import Any, Mapping
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, write_to_textfile
 
 from evidence_writers import verdict as rule
+from tools import exit_codes
 
 TEXTFILE_NAME = "poc1_acceptance.prom"
 OUTCOMES = ("passed", "failed", "error", "skipped", "not_run")
 ALARM_KINDS = ("overhead", "versions")
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+OK, WARNING, CRITICAL, UNKNOWN = (exit_codes.NAGIOS_OK, exit_codes.NAGIOS_WARNING, exit_codes.NAGIOS_CRITICAL,
+                                  exit_codes.NAGIOS_UNKNOWN)
 LABEL = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 LINE_CHARS = 400
 

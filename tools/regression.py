@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from evidence_writers import verdict as rule
-from tools import monitoring, trend_page
+from tools import exit_codes, monitoring, process, trend_page
 from tools.bundle_facts import BundleFacts, read_bundle, read_overhead, read_validation  # noqa: F401
 from tools.history import (
     HISTORY_NAME,
@@ -66,7 +66,8 @@ INCOMPLETE = trend_page.INCOMPLETE_MARKER
 RUN_FOLDER_RE = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9_.-]+$")
 STARTED_NS = ".started_ns"  # orders runs that started within the same second (tests)
 
-EXIT_GO, EXIT_NO_GO, EXIT_REGRESSION, EXIT_SETTINGS, EXIT_LOCKED = 0, 1, 3, 4, 75
+EXIT_GO, EXIT_NO_GO, EXIT_REGRESSION, EXIT_SETTINGS, EXIT_LOCKED = (
+    exit_codes.OK, exit_codes.FAILED, exit_codes.REGRESSION, exit_codes.SETTINGS, exit_codes.LOCKED)
 
 
 class Interrupted(Exception):
@@ -144,32 +145,13 @@ def subprocess_producer(command: Callable[[SuiteRun], list[str]] = validate_comm
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        try:
-            rc = proc.wait(timeout=run.timeout_s)
-        except subprocess.TimeoutExpired:
-            _stop_group(proc)
+        rc = process.wait_or_stop(proc, run.timeout_s)
+        if rc == process.TIMED_OUT:
             run.log.write(f"regression: the suite exceeded {run.timeout_s:g} s and was stopped\n")
-            rc = 124
-        except BaseException:
-            _stop_group(proc)
-            raise
         reader.join(timeout=5)
         return rc
 
     return produce
-
-
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def redactor(hosts: str, inventory: Path = REPO / "hosts.yml") -> Callable[[str], str]:

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 
-def try_lock(path: Path, note: str) -> int | None:
+def try_lock(path: Path, note: str, mode: int = 0o644) -> int | None:
     """The held lock's fd (keep it open for the run), or None when another process holds it.
 
     ``note`` is written into the file so a refused run can say who holds the lock."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -9,7 +9,6 @@ module only computes the coordinates and the rows, Jinja2 (autoescaped) writes t
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from markupsafe import Markup
 
 from evidence_writers.templating import render_html
+from tools.files import atomic_write
 from tools.history import RunRecord, changes, check_columns
 
 ACCEPTANCE_P95_MS = 5.0  # the closeout pack's "<5 ms DB logging overhead"
@@ -192,7 +192,5 @@ def render(records: list[RunRecord], runs_dir: Path, *, max_rows: int = 500) -> 
 def write(records: list[RunRecord], runs_dir: Path) -> Path:
     """Write index.html atomically (a reader never sees half a page)."""
     target = runs_dir / "index.html"
-    tmp = runs_dir / ".index.html.tmp"
-    tmp.write_text(render(records, runs_dir), encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write(target, render(records, runs_dir))
     return target

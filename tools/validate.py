@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -40,7 +39,8 @@ from typing import Any, Sequence, TextIO
 
 from evidence_writers import verdict as rule
 from evidence_writers.bundle import BENCH_JSON, JUNIT, MANIFEST, REPORT, VALIDATION
-from tools import monitoring
+from tools import exit_codes, monitoring, process
+from tools.files import atomic_file
 from tools.runlock import try_lock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ DEFAULT_EVIDENCE = REPO / "POC-1" / "evidence"
 EMBEDDED_GROUP = "local"
 SUITE_TIMEOUT_S = 1800
 LAB_UP_TIMEOUT_S = 1800
-EXIT_GO, EXIT_NO_GO, EXIT_NOTHING = 0, 1, 2
+EXIT_GO, EXIT_NO_GO, EXIT_NOTHING = exit_codes.OK, exit_codes.FAILED, exit_codes.UNUSABLE
 LAB_DOWN = 3  # `python -m lab status`: 0 well, 1 degraded, 3 down
 
 
@@ -66,21 +66,10 @@ def _run(cmd: Sequence[str], timeout: float, env_extra: dict[str, str] | None = 
     OUT.flush()
     proc = subprocess.Popen(list(cmd), cwd=REPO, env=env, start_new_session=True,
                             stdout=2 if OUT is sys.stderr else None)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    rc = process.wait_or_stop(proc, timeout)
+    if rc == process.TIMED_OUT:
         say(f"{' '.join(cmd[:4])} ... exceeded {timeout:g} s; stopped")
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        return 124
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        raise
+    return rc
 
 
 def ensure_lab() -> str | None:
@@ -190,13 +179,11 @@ def write_validation(evidence: Path, result: Judgement, verdict: str, cause: str
 def pack(evidence: Path, run_id: str) -> Path:
     """``evidence-<run id>.tar.gz`` beside the bundle: the bundle as one file to attach or archive."""
     out = evidence.parent / f"evidence-{run_id}.tar.gz"
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_file(out) as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
         for path in sorted(evidence.iterdir()):
             if path.name.startswith("."):
                 continue
             tar.add(path, arcname=f"evidence/{path.name}")
-    os.replace(tmp, out)
     return out
 
 

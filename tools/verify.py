@@ -45,8 +45,9 @@ from evidence_writers.bundle import (
     sha256_file,
 )
 from evidence_writers.redaction import Redactor
+from tools import exit_codes
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = exit_codes.OK, exit_codes.FAILED, exit_codes.UNUSABLE
 TAR_PREFIX = "evidence"
 
 

@@ -23,6 +23,7 @@ import httpx
 import yaml
 
 from tests.support.pgserver import free_port
+from tools.polling import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config.yaml"
@@ -107,16 +108,16 @@ def config_copy(directory: Path, models: Mapping[str, Mapping[str, object]],
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if proc.poll() is not None:
             raise GatewayStartError(f"{url}: process exited with {proc.returncode} before answering")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
+            return httpx.get(url, timeout=1.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+            return False
+
+    if poll_until(answers, timeout=timeout, interval=0.2)[0]:
+        return
     raise GatewayStartError(f"{url}: no 200 within {timeout:.0f}s")
 
 
@@ -256,12 +257,12 @@ class Gateway:
 
     def wait_for_log(self, needle: str, timeout: float = 15.0) -> str:
         """The first log line containing ``needle`` (waits for it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log_text().splitlines():
-                if needle in line:
-                    return line
-            time.sleep(0.1)
+        def first() -> str | None:
+            return next((ln for ln in self.log_text().splitlines() if needle in ln), None)
+
+        found, line = poll_until(first, timeout=timeout, interval=0.1)
+        if found and line is not None:
+            return line
         raise AssertionError(f"no gateway log line containing {needle!r} within {timeout}s")
 
     def chat(self, client: httpx.Client, content: str, *, model: str = MODEL, key: str | None = "master",
@@ -314,13 +315,9 @@ def logged_rows(db_url: str, request_ids: list[str]) -> dict[str, dict]:
 
 def wait_for_rows(db_url: str, request_ids: list[str], timeout: float) -> dict[str, dict]:
     """Poll until every id has its request row and one response row (or the timeout passes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = logged_rows(db_url, request_ids)
-        complete = all(len(rows.get(i, {}).get("responses", [])) == 1 for i in request_ids)
-        if complete or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.2)
+    return poll_until(lambda: logged_rows(db_url, request_ids),
+                      lambda rows: all(len(rows.get(i, {}).get("responses", [])) == 1 for i in request_ids),
+                      timeout=timeout, interval=0.2)[1]
 
 
 def rows_with_marker(db_url: str, marker: str, timeout: float = 5.0) -> list[dict]:
@@ -331,15 +328,14 @@ def rows_with_marker(db_url: str, marker: str, timeout: float = 5.0) -> list[dic
     import db_init
 
     engine = db_init.make_engine(db_url)
-    deadline = time.monotonic() + timeout
+    def ids() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.execute(select(db_init.Request.request_id).where(
+                cast(db_init.Request.payload, String).contains(marker))).scalars().all())
+
     try:
-        while True:
-            with engine.connect() as conn:
-                ids = conn.execute(select(db_init.Request.request_id).where(
-                    cast(db_init.Request.payload, String).contains(marker))).scalars().all()
-            if ids or time.monotonic() > deadline:
-                return list(wait_for_rows(db_url, list(ids), timeout).values())
-            time.sleep(0.1)
+        found = poll_until(ids, timeout=timeout, interval=0.1)[1]
+        return list(wait_for_rows(db_url, found, timeout).values())
     finally:
         engine.dispose()
 

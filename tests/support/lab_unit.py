@@ -2,7 +2,7 @@
 step of every test that breaks the lab on purpose."""
 from __future__ import annotations
 
-import time
+from tools.polling import poll_until
 
 #: a 2-worker gateway starts in ~18 s alone; it took over 90 s while other test runs shared the 2 cores
 READY_TIMEOUT_S = 180
@@ -12,11 +12,8 @@ def wait_gateway_answers(timeout: float = READY_TIMEOUT_S) -> None:
     """Until the lab's gateway answers a chat call with 200 (lab.is_up), or fail after ``timeout``."""
     import lab
 
-    deadline = time.monotonic() + timeout
-    while not lab.is_up():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the lab's gateway did not answer within {timeout:g} s")
-        time.sleep(1)
+    if not poll_until(lab.is_up, timeout=timeout, interval=1.0)[0]:
+        raise AssertionError(f"the lab's gateway did not answer within {timeout:g} s")
 
 
 def gateway_unit(action: str, unit: str = "litellm-gateway") -> None:
