@@ -208,26 +208,30 @@ def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, in
     :func:`capacity`'s result (None: not measured, which fails: a sign-off needs it)."""
     v = Verdict()
     p95 = added["shift"]["p95"]
+    ok = p95["point"] < limits.overhead_ms
     v.criteria.append(Criterion(
-        "added p95 latency", p95["point"], f"< {limits.overhead_ms:g} ms", p95["point"] < limits.overhead_ms,
-        f"{p95['point']:.2f} ms (95% CI {p95['low']:.2f}..{p95['high']:.2f}) >= {limits.overhead_ms:g} ms"))
+        "added p95 latency", p95["point"], f"< {limits.overhead_ms:g} ms", ok,
+        f"{p95['point']:.2f} ms (95% CI {p95['low']:.2f}..{p95['high']:.2f}) {'<' if ok else '>='} "
+        f"{limits.overhead_ms:g} ms"))
     interval = (cap or {}).get("added_ms_per_request")
     if interval is None:
         v.criteria.append(Criterion("capacity: gateway time added per logged request", None,
                                     f"95% CI upper bound < {limits.overhead_ms:g} ms", False,
                                     "not measured (the saturated blocks did not run or were too few)"))
     else:
+        ok = interval["high"] < limits.overhead_ms
         v.criteria.append(Criterion(
             "capacity: gateway time added per logged request", interval["point"],
-            f"95% CI upper bound < {limits.overhead_ms:g} ms", interval["high"] < limits.overhead_ms,
+            f"95% CI upper bound < {limits.overhead_ms:g} ms", ok,
             f"{interval['point']:.2f} ms (95% CI {interval['low']:.2f}..{interval['high']:.2f}, "
-            f"{cap['groups']} ABBA groups at saturation) not below {limits.overhead_ms:g} ms"))
+            f"{cap['groups']} ABBA groups at saturation) {'below' if ok else 'not below'} "
+            f"{limits.overhead_ms:g} ms"))
     lag95 = lag.get("p95")
+    ok = lag95 is not None and lag95 < limits.durability_lag_ms
     v.criteria.append(Criterion(
-        "durability lag p95", lag95, f"< {limits.durability_lag_ms:g} ms",
-        lag95 is not None and lag95 < limits.durability_lag_ms,
+        "durability lag p95", lag95, f"< {limits.durability_lag_ms:g} ms", ok,
         "not measured (no logged row found)" if lag95 is None
-        else f"{lag95:.1f} ms >= {limits.durability_lag_ms:g} ms"))
+        else f"{lag95:.1f} ms {'<' if ok else '>='} {limits.durability_lag_ms:g} ms"))
     answered_ok = completeness["logged_ok"] == completeness["logged_sent"] and \
         completeness["unlogged_ok"] == completeness["unlogged_sent"]
     v.criteria.append(Criterion(
@@ -248,8 +252,8 @@ def judge(added: dict[str, Any], lag: dict[str, Any], completeness: dict[str, in
            if completeness.get("logged_several_responses") else "")))
     v.criteria.append(Criterion(
         "no row for a control-listener request", completeness["unlogged_rows"], "= 0", completeness["unlogged_rows"] == 0,
-        f"{completeness['unlogged_rows']} rows written for requests to the control listener (it runs no logger) "
-        "(the A/B comparison is void)"))
+        f"{completeness['unlogged_rows']} rows written for requests to the control listener (it runs no logger)"
+        + (" (the A/B comparison is void)" if completeness["unlogged_rows"] else "")))
     return v
 
 

@@ -92,6 +92,13 @@ def test_judge_passes_only_when_every_criterion_holds() -> None:
     limits = st.Limits(overhead_ms=5.0, durability_lag_ms=100.0)
     good = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits, CHEAP)
     assert good.passed and good.cause is None
+    # a passing criterion's detail (artifact, report) states the comparison that holds, not the failure's
+    details = {c.name: c.detail for c in good.criteria}
+    assert details["added p95 latency"].endswith(" < 5 ms")
+    assert details["capacity: gateway time added per logged request"].endswith(" below 5 ms")
+    assert " not below " not in details["capacity: gateway time added per logged request"]
+    assert details["durability lag p95"] == "12.0 ms < 100 ms"
+    assert "void" not in details["no row for a control-listener request"]
 
     unmeasured = st.judge(_added(1.2), {"p95": 12.0}, COMPLETE, limits, None)
     assert not unmeasured.passed and unmeasured.cause == (
