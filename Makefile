@@ -45,7 +45,7 @@ verify:
 ## test: the project's own tests; the lab is brought up first and torn down by the last test file
 test: deps
 	$(PY) -m lab up
-	$(PY) -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider -q -rfEs $(TEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider -q -rfEs --durations=40 $(TEST_ARGS)
 
 ## test-fast: only the tests that need no lab
 test-fast: deps

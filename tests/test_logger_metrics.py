@@ -220,7 +220,7 @@ def test_lab_check_passes_after_the_benchmark_and_the_report_shows_reuse(
     assert any("Logger DB pool reuse (this run)" in r and shown in r for r in rows), rows
     print(
         f"\nlogger_metrics after the overhead benchmark: {shown}; since start: "
-        f"{d['environment']['Logger DB pool reuse (since start)']}; {d['run_rows_written']} rows written in "
+        f"{environment_rows(d)['Logger DB pool reuse (since start)']}; {d['run_rows_written']} rows written in "
         f"the run; suite {run.wall_s:.1f} s"
     )
 
@@ -313,7 +313,10 @@ def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_la
     check = run.check("logger_metrics")
     assert run.rc == 1 and check["outcome"] == "failed", check
     m = re.fullmatch(DROP_CAUSE, check["cause"])
-    assert m and (int(m[1]), int(m[2]), int(m[3]), int(m[4])) == (dropped, 5, 10, 10), check["cause"]
+    assert m and (int(m[1]), int(m[2]), int(m[3])) == (dropped, 5, 10), check["cause"]
+    # the spool was full: each of the 2 workers checks the shared spool's row count before it appends, so
+    # together they can pass its bound by what the other appended meanwhile (at most one batch each)
+    assert 10 <= int(m[4]) <= 10 + 2 * BOUNDS["POC1_LOGGER_BATCH_MAX"], check["cause"]
     assert f"[logger_metrics] {check['cause']}" in run.stdout
     # the counter tells the truth: exactly that many of the burst's calls have no row
     reader = labc.reader_engine()

@@ -247,7 +247,7 @@ def test_the_lab_mutations_patch_the_module_that_holds_their_code_and_install_th
     (tmp_path / "opt" / "db_init.py").symlink_to(ROOT / "db_init.py")
     check = textwrap.dedent("""
         import gateway_logger as g
-        assert g.Writer._run.__name__ == "_poc1_dead_run"
+        assert g.Writer._ingest.__name__ == "_poc1_dead_ingest"
         assert g.GatewayLogger._submit.__name__ == "_poc1_drop_streams"
         assert g.GatewayLogger.async_log_success_event.__name__ == "_poc1_blocking_success"
         assert g.POC1_FAULT_STALE_CODE is True
