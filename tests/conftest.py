@@ -9,8 +9,10 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
-from tests.support import netguard  # noqa: E402
-from tests.support import pgserver  # noqa: E402
+from tests.support import (
+    netguard,  # noqa: E402
+    pgserver,  # noqa: E402
+)
 from tests.support.pgserver import PgServer  # noqa: E402
 
 netguard.install()  # Python sockets in the project's tests reach only loopback and the lab's bridge
@@ -26,6 +28,25 @@ def pg() -> Iterator[PgServer]:
     """A real PostgreSQL cluster on 127.0.0.1, for the whole session."""
     with pgserver.running() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[PgServer]:
+    """A cluster of the requesting module's own (module scope: one per module), for tests that stop,
+    freeze or restart PostgreSQL without disturbing the session's ``pg``."""
+    with pgserver.running() as server:
+        yield server
+
+
+@pytest.fixture()
+def log_db(own_pg: PgServer) -> str:
+    """A fresh log database with the schema, on the module's own cluster (modules that keep their log on
+    the session's ``pg`` define their own ``log_db``)."""
+    import db_init
+
+    url = own_pg.create_database(f"log_{uuid.uuid4().hex[:8]}")
+    db_init.create(url)
+    return url
 
 
 @pytest.fixture()

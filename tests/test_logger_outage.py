@@ -13,7 +13,6 @@ import signal
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +23,11 @@ import pytest
 import db_init
 import gateway_logger
 from tests.support.gateway import Gateway, litellm_call, logged_rows, wait_for_rows
-from tests.support import pgserver
 from tests.support.pgserver import PgServer
+from tools.polling import poll_until
 
 OUTAGE_S = 15.0
 RATE = 25.0  # requests per second, open loop
-
-
-@pytest.fixture(scope="module")
-def own_pg() -> Iterator[PgServer]:
-    """A cluster of this module's own: its tests stop and freeze it."""
-    with pgserver.running() as server:
-        yield server
-
-
-@pytest.fixture()
-def log_db(own_pg: PgServer) -> str:
-    url = own_pg.create_database(f"out_{uuid.uuid4().hex[:8]}")
-    db_init.create(url)
-    return url
 
 
 @pytest.fixture()
@@ -74,12 +59,7 @@ def _normalized(request_id: str) -> dict:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return poll_until(predicate, timeout=timeout, interval=0.05)[0]
 
 
 def _spooled_ids(spool_dir: Path) -> list[str]:

@@ -30,27 +30,13 @@ import pytest
 
 import db_init
 import gateway_logger
-from tests.support import pgserver
 from tests.support.gateway import Gateway, litellm_call, logged_rows, wait_for_rows
 from tests.support.pgserver import PgServer
+from tools.polling import poll_until
 
 RATE = 40.0  # requests per second, open loop (the issue's figure)
 FLUSH_S = gateway_logger.Settings().flush_interval_ms / 1000.0
 SLOW = "[standin:sleep=1]"  # the stand-in answers this call after 1 s
-
-
-@pytest.fixture(scope="module")
-def own_pg() -> Iterator[PgServer]:
-    """A cluster of this module's own: its tests stop and restart it."""
-    with pgserver.running() as server:
-        yield server
-
-
-@pytest.fixture()
-def log_db(own_pg: PgServer) -> str:
-    url = own_pg.create_database(f"rel_{uuid.uuid4().hex[:8]}")
-    db_init.create(url)
-    return url
 
 
 @pytest.fixture()
@@ -82,12 +68,7 @@ def _segment(directory: Path, db_url: str, records: list[dict], n: int) -> Path:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    return poll_until(predicate, timeout=timeout, interval=0.1)[0]
 
 
 def _metric(gw: Gateway, name: str) -> float:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 import db_init
 from tests.support.lab_unit import gateway_unit, wait_gateway_answers
+from tools.polling import poll_until
 
 pytestmark = pytest.mark.lab
 
@@ -80,15 +81,13 @@ def found_rows(ids: list[str], wait_s: float) -> set[str]:
     from fixtures.database import open_reader
 
     engine = open_reader(_target())
-    deadline = time.monotonic() + wait_s
+    def found() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(select(db_init.Request.request_id)
+                                    .where(db_init.Request.request_id.in_(ids))).scalars())
+
     try:
-        while True:
-            with engine.connect() as conn:
-                got = set(conn.execute(select(db_init.Request.request_id)
-                                       .where(db_init.Request.request_id.in_(ids))).scalars())
-            if len(got) == len(ids) or time.monotonic() > deadline:
-                return got
-            time.sleep(1)
+        return poll_until(found, lambda got: len(got) == len(ids), timeout=wait_s, interval=1.0)[1]
     finally:
         engine.dispose()
 
