@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, StatementError
 
 import db_init
+from gateway_logger import bulk
 from gateway_logger.rows import FAILED_FROM, Written, outcome_per_call, succeeded, utc_datetime
 
 Request, Response = db_init.Request, db_init.Response
@@ -55,10 +56,32 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
 
 
 def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: int = 0) -> Written:
-    """One transaction: multi-row INSERT of requests (ON CONFLICT DO NOTHING, RETURNING id), then
-    the upgrade of earlier failures by later successes of the same calls, then the responses.
-    ``test_delay_ms``: TEST ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep inside the transaction."""
+    """One transaction: COPY of both tables (``bulk``); if the batch meets rows already logged, the
+    slow way (``insert_rows``). ``test_delay_ms``: TEST ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep
+    inside the transaction."""
     chosen = outcome_per_call(records)
+    try:
+        with engine.begin() as conn:
+            if bulk.usable(conn):
+                _test_delay(test_delay_ms)
+                inserted = bulk.copy_batch(conn, chosen)
+                return Written(inserted, 0, len(records) - inserted)
+    except DBAPIError as exc:
+        if not bulk.is_duplicate(exc):
+            raise
+    return insert_rows(engine, records, chosen, test_delay_ms)
+
+
+def _test_delay(test_delay_ms: int) -> None:
+    if test_delay_ms:  # TEST ONLY (see the settings). Before the first statement,
+        # so the transaction (and created_at = now()) starts after it: the lag is visible in the rows.
+        time.sleep(test_delay_ms / 1000.0)
+
+
+def insert_rows(engine: Engine, records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
+                test_delay_ms: int = 0) -> Written:
+    """One transaction: multi-row INSERT of requests (ON CONFLICT DO NOTHING, RETURNING id), then
+    the upgrade of earlier failures by later successes of the same calls, then the responses."""
     req_params = []
     for r in chosen.values():
         p = dict(r["request"])
@@ -68,9 +91,7 @@ def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: i
     stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
             .returning(Request.id, Request.request_id))
     with engine.begin() as conn:
-        if test_delay_ms:  # TEST ONLY (see the settings). Before the first statement,
-            # so the transaction (and created_at = now()) starts after it: the lag is visible in the rows.
-            time.sleep(test_delay_ms / 1000.0)
+        _test_delay(test_delay_ms)
         ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
         # rare path: a call already logged; a success replaces a failure logged for it before
         successes = [p for p in req_params if p["request_id"] not in ids and succeeded(p)]

@@ -18,6 +18,7 @@ from gateway_logger.documents import (
     client_body,
     cut_document,
     jsonable,
+    storable,
     summarize_embeddings,
 )
 
@@ -91,22 +92,22 @@ def _api_key_marker(captured: Mapping[str, Any], status: int) -> str:
     return str(key_hash)
 
 
-def _payload(captured: Mapping[str, Any], size: list[int] | None = None) -> Any:
+def _payload(captured: Mapping[str, Any], size: list[int]) -> Any:
     body = captured.get("body")
     if isinstance(body, Mapping):
-        return jsonable(client_body(body), size=size)
+        return storable(client_body(body), size)
     slo = captured.get("slo") or {}  # auth failures come without the body: rebuild it from the payload
     rebuilt: dict[str, Any] = {"model": slo.get("model_group") or captured.get("model") or slo.get("model")}
     if slo.get("messages") is not None:
         rebuilt["messages"] = slo.get("messages")
     rebuilt.update(slo.get("model_parameters") or {})
-    return jsonable(rebuilt, size=size)
+    return storable(rebuilt, size)
 
 
-def _content(captured: Mapping[str, Any], size: list[int] | None = None) -> Any:
+def _content(captured: Mapping[str, Any], size: list[int]) -> Any:
     slo = captured.get("slo") or {}
     if not captured.get("failed"):
-        doc = jsonable(summarize_embeddings(slo.get("response")), size=size)
+        doc = storable(summarize_embeddings(slo.get("response")), size)
     else:
         info = slo.get("error_information") or {}
         exc = captured.get("exception")
@@ -119,7 +120,7 @@ def _content(captured: Mapping[str, Any], size: list[int] | None = None) -> Any:
         }})
     notes = call_notes(captured)
     if notes and isinstance(doc, dict):
-        doc[NOTES_KEY] = notes
+        doc = {**doc, NOTES_KEY: notes}  # a copy: the document may be LiteLLM's own (``storable``)
     elif notes:
         doc = {"response": doc, NOTES_KEY: notes}
     return doc
@@ -147,16 +148,26 @@ def call_notes(captured: Mapping[str, Any]) -> dict[str, Any]:
     return notes
 
 
+def _scalar(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return clean_text(value)
+    if value is None or kind is int or kind is bool:
+        return value
+    return jsonable(value)
+
+
 def _scalars(values: dict[str, Any]) -> dict[str, Any]:
     """Column values made storable one by one (a column named api_key is not a secret to mask)."""
-    return {k: jsonable(v) for k, v in values.items()}
+    return {k: _scalar(v) for k, v in values.items()}
 
 
-def _truncate(values: dict[str, Any], table: str) -> dict[str, Any]:
+def _truncate(values: dict[str, Any], table: str, cleaned: bool = False) -> dict[str, Any]:
+    """Strings cut to their column's length (made clean text first unless ``cleaned``)."""
     for name, limit in LIMITS[table].items():
         v = values.get(name)
-        if isinstance(v, str):
-            values[name] = clean_text(v)[:limit]
+        if isinstance(v, str) and (not cleaned or len(v) > limit):
+            values[name] = (v if cleaned else clean_text(v))[:limit]
     return values
 
 
@@ -210,7 +221,8 @@ def normalize_sized(captured: Mapping[str, Any],
         if document_max is not None and size[0] > document_max:
             part[key] = cut_document(part[key], document_max)
             size[0] = min(size[0], document_max)
-    record = {"request": _truncate(req, "request"), "response": _truncate(resp, "response")}
+    record = {"request": _truncate(req, "request", cleaned=True),
+              "response": _truncate(resp, "response", cleaned=True)}
     return record, payload_size[0] + content_size[0] + ROW_OVERHEAD
 
 

@@ -53,7 +53,9 @@ class Settings:
     document_max_bytes: int = setting(1 << 20, minimum=1, shown="1 MiB",
                                       doc="a payload or content document larger than this is stored cut.")
     flush_interval_ms: int = setting(100, minimum=0,
-                                     doc="longest wait for a batch to fill before it is written.")
+                                     doc="the idle writer's and the spooler's housekeeping interval (a row "
+                                         "never waits for it: an idle writer writes it at once, a busy one "
+                                         "takes everything that arrived with its next batch).")
     stall_ms: int = setting(1000, minimum=0,
                             doc="a database operation running longer sends the rows in memory to the spool.")
     spool_dir: str = setting(

@@ -63,7 +63,7 @@ class Writer(Supervision, Spooling, Batches, Connection):
         self._pending_copied = False  # the spooler put a copy of it in the spool (a stalled write)
         self._suspects: dict[str, int] = {}
         self._stop = threading.Event()
-        self._wake = threading.Event()  # writer: a full batch waits, or stop
+        self._wake = threading.Event()  # writer: a row arrived (group commit), or stop
         self._spool_wake = threading.Event()  # spooler: a row arrived while the database is away, or stop
         self._sync_wake = threading.Event()  # syncer: rows were appended to the spool
         self._ready = threading.Event()
@@ -136,7 +136,7 @@ class Writer(Supervision, Spooling, Batches, Connection):
             self._inbox.append(entry)
             if self._state != "up":
                 self._spool_wake.set()  # to disk now, not in a flush interval: the loss window
-            elif self.signalled or len(self._inbox) >= self.settings.batch_max:
+            else:  # group commit: an idle writer writes it now; a busy one takes it with its next batch
                 self._wake.set()
             return
         self._overflow([self._normalize_entry(entry)[0]], "queue full", sync=self._stop.is_set())
@@ -221,7 +221,8 @@ class Writer(Supervision, Spooling, Batches, Connection):
             else:
                 waiting = len(self._inbox) + len(self._backlog)
                 if waiting < self.settings.batch_max and not (self.signalled and waiting):
-                    self._wake.wait(self._interval)  # batches, not a wake-up per row (GIL: the loop)
+                    # idle: until a row arrives (submit wakes it) or the housekeeping interval ends
+                    self._wake.wait(self._interval)
                 self._wake.clear()
                 self._ingest()
                 if not self._take_batch():

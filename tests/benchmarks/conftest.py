@@ -1,7 +1,8 @@
 """Benchmarks of the gateway logger: run separately with ``pytest tests/benchmarks`` (~1 min).
 
-Every benchmark puts its figures in ``bench_results``; they are printed as one table at the end and,
-if ``POC1_BENCH_JSON`` names a file, written there as JSON.
+Every benchmark puts its figures in ``bench_results`` and its goals in ``bench_goals`` (figure, measured,
+goal, met); both are printed at the end — the goals as one table — and, if ``POC1_BENCH_JSON`` names a
+file, written there as JSON.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 RESULTS: dict[str, dict[str, Any]] = {}
+GOALS: list[tuple[str, str, str, bool | None]] = []
 
 
 @pytest.fixture(scope="session")
@@ -19,15 +21,32 @@ def bench_results() -> dict[str, dict[str, Any]]:
     return RESULTS
 
 
+@pytest.fixture(scope="session")
+def bench_goals() -> list[tuple[str, str, str, bool | None]]:
+    return GOALS
+
+
+def goals_table(goals: list[tuple[str, str, str, bool | None]]) -> list[str]:
+    """The goals as one Markdown table (what FINDINGS.md and a closing note quote)."""
+    lines = ["| figure | measured | goal | met |", "|---|---|---|---|"]
+    for figure, measured, goal, met in goals:
+        lines.append(f"| {figure} | {measured} | {goal} | {'-' if met is None else 'yes' if met else 'NO'} |")
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not RESULTS:
+    if not RESULTS and not GOALS:
         return
     terminalreporter.section("gateway logger benchmarks")
     for name, figures in RESULTS.items():
         terminalreporter.write_line(f"{name}:")
         for key, value in figures.items():
-            terminalreporter.write_line(f"  {key:<38} {value}")
+            terminalreporter.write_line(f"  {key:<44} {value}")
+    if GOALS:
+        terminalreporter.section("goals (issue 14), this run")
+        for line in goals_table(GOALS):
+            terminalreporter.write_line(line)
     target = os.environ.get("POC1_BENCH_JSON")
     if target:
         with open(target, "w") as f:
-            json.dump(RESULTS, f, indent=2)
+            json.dump({"results": RESULTS, "goals": GOALS}, f, indent=2)

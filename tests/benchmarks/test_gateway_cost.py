@@ -1,0 +1,238 @@
+"""What the logger costs a saturated gateway, and how long a row takes to be stored — one run, side by side.
+
+Three proxies of the same build, each with its own stand-in model, started once:
+``none`` (config.yaml without callbacks), ``noop`` (a callback that does nothing: what LiteLLM's own
+callback machinery costs) and ``logger`` (config.yaml as deployed). Saturated throughput: 16 keep-alive
+clients for ``SATURATE_S`` per slot, the arms interleaved in rounds (order rotated each round), ``none``
+twice per round: the spread of ``none``/``none`` is the run's own noise floor. Ratios are per round, then
+the median. Durability lag (answer -> the row's ``created_at``, which is its transaction's start) of the
+logger arm at 1 and 10 requests/s (open loop) and under saturation. Memory: the proxies' RSS peak.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+import db_init
+from tests.support.gateway import CONFIG, MODEL, Gateway
+from tests.support.pgserver import PgServer
+
+CLIENTS = 16
+SATURATE_S = 6.0
+ROUNDS = 5
+ARMS = ("none", "noop", "logger")
+NOOP_MODULE = '''"""A LiteLLM callback that does nothing: the cost of LiteLLM's callback machinery alone."""
+from litellm.integrations.custom_logger import CustomLogger
+
+instance = CustomLogger()
+'''
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def _config(directory: Path, callbacks: str | None) -> Path:
+    config = yaml.safe_load(CONFIG.read_text())
+    if callbacks is None:
+        config["litellm_settings"].pop("callbacks", None)
+    else:
+        config["litellm_settings"]["callbacks"] = callbacks
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cost_db(pg: PgServer) -> str:
+    url = pg.create_database(f"cost_{uuid.uuid4().hex[:8]}")
+    db_init.create(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def arms(cost_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
+    made: dict[str, Gateway] = {}
+    try:
+        for arm in ARMS:
+            directory = tmp_path_factory.mktemp(f"arm-{arm}")
+            gw = Gateway(cost_db)
+            if arm == "none":
+                gw.config = _config(directory, None)
+            elif arm == "noop":
+                (gw.app_path).mkdir(parents=True, exist_ok=True)
+                (gw.app_path / "poc1_noop_callback.py").write_text(NOOP_MODULE)
+                gw.config = _config(directory, "poc1_noop_callback.instance")
+            made[arm] = gw.start()
+        yield made
+    finally:
+        for gw in made.values():
+            gw.cleanup()
+
+
+# -- a load generator cheap enough to leave the cores to the gateway: raw HTTP/1.1 keep-alive ------------
+
+@dataclass
+class Load:
+    answered: list[tuple[float, str | None]] = field(default_factory=list)  # (answered epoch, request id)
+    failures: int = 0
+
+
+def _request(gw: Gateway, n: int) -> bytes:
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"cost {n}"}]}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+            f"Authorization: Bearer {gw.master_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes,
+                    load: Load) -> None:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    if lines[0].split(" ")[1] == "200":
+        load.answered.append((time.time(), headers.get("x-poc1-request-id")))
+    else:
+        load.failures += 1
+
+
+async def _saturate(gw: Gateway, seconds: float) -> Load:
+    load = Load()
+    stop_at = time.monotonic() + seconds
+
+    async def client(c: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        n = 0
+        try:
+            while time.monotonic() < stop_at:
+                await _exchange(reader, writer, _request(gw, c * 1_000_000 + n), load)
+                n += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+    return load
+
+
+async def _open_loop(gw: Gateway, rate: float, seconds: float) -> Load:
+    """``rate`` requests/s on their schedule whatever the answers do (each on a connection of its own
+    from a small pool, so a slow answer does not delay the next send)."""
+    load = Load()
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(8):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", gw.port))
+
+    async def one(n: int) -> None:
+        reader, writer = await pool.get()
+        try:
+            await _exchange(reader, writer, _request(gw, n), load)
+        finally:
+            pool.put_nowait((reader, writer))
+
+    start, tasks = time.monotonic(), []
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return load
+
+
+def _lags_ms(db_url: str, load: Load, wait_s: float = 10.0) -> list[float]:
+    """answer -> created_at of each answered request's row, in ms (waits for the rows to be written)."""
+    answered = {rid: at for at, rid in load.answered if rid}
+    engine = db_init.make_engine(db_url)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            found: dict[str, float] = {}
+            ids = list(answered)
+            with engine.connect() as conn:
+                for i in range(0, len(ids), 5000):
+                    rows = conn.execute(select(db_init.Request.request_id, db_init.Request.created_at)
+                                        .where(db_init.Request.request_id.in_(ids[i:i + 5000])))
+                    found.update((rid, created.timestamp()) for rid, created in rows)
+            if len(found) == len(answered) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    assert len(found) == len(answered), f"{len(answered) - len(found)} answered requests have no row"
+    return [(found[rid] - at) * 1000 for rid, at in answered.items()]
+
+
+def _lag_figures(lags: list[float]) -> dict[str, float]:
+    return {f"p{p}": round(_pct(lags, p), 1) for p in (50, 95, 99)} | {"n": len(lags)}
+
+
+def _rss_mib(gw: Gateway) -> dict[str, float]:
+    assert gw.proxy is not None
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{gw.proxy.pid}/status").read_text().splitlines())
+    return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+
+
+def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], cost_db: str, bench_results: dict,
+                                              bench_goals: list) -> None:
+    for gw in arms.values():  # warm-up: imports, pools, the first rows
+        asyncio.run(_saturate(gw, 2.0))
+    rps: dict[str, list[float]] = {"none": [], "none again": [], "noop": [], "logger": []}
+    saturated = Load()
+    slots = ["none", "noop", "logger", "none again"]
+    for r in range(ROUNDS):
+        order = slots[r % len(slots):] + slots[:r % len(slots)]
+        for slot in order:
+            gw = arms[slot.split()[0]]
+            load = asyncio.run(_saturate(gw, SATURATE_S))
+            assert load.failures == 0, f"{slot}: {load.failures} requests not answered 200"
+            rps[slot].append(len(load.answered) / SATURATE_S)
+            if slot == "logger":
+                saturated.answered += load.answered
+    ratio = {name: [a / b for a, b in zip(rps[x], rps[y])]
+             for name, x, y in (("logger / noop", "logger", "noop"), ("noop / none", "noop", "none"),
+                                ("logger / none", "logger", "none"), ("none / none (noise)", "none again", "none"))}
+    noise = statistics.median(abs(1 - q) for q in ratio["none / none (noise)"])
+    figures: dict[str, Any] = {f"{slot} requests/s (median of {ROUNDS})": round(statistics.median(v), 1)
+                               for slot, v in rps.items()}
+    for name, qs in ratio.items():
+        figures[f"{name} ratio"] = f"{statistics.median(qs):.3f} ({min(qs):.3f}-{max(qs):.3f})"
+    figures["noise floor (median |1 - none/none|)"] = round(noise, 3)
+
+    lag = {"saturated": _lags_ms(cost_db, saturated)}
+    for rate, seconds in ((1.0, 40.0), (10.0, 20.0)):
+        lag[f"{rate:g} request/s"] = _lags_ms(cost_db, asyncio.run(_open_loop(arms["logger"], rate, seconds)))
+    for name, lags in lag.items():
+        figures[f"durability lag ms at {name}"] = _lag_figures(lags)
+    for arm, gw in arms.items():
+        figures[f"{arm} proxy memory MiB"] = _rss_mib(gw)
+    bench_results[f"saturated gateway ({CLIENTS} clients, {ROUNDS} rounds x {SATURATE_S:g} s per arm)"] = figures
+
+    capacity = statistics.median(ratio["logger / noop"])
+    bench_goals.append(("gateway capacity, logger / do-nothing callback (saturated)", f"{capacity:.3f} "
+                        f"(noise floor {noise:.3f})", ">= 0.97", capacity >= 0.97 - noise))
+    one = _pct(lag["1 request/s"], 95)
+    bench_goals.append(("durability lag p95, 1 request/s", f"{one:.1f} ms", "<= 20 ms", one <= 20))
+    ten = _pct(lag["10 request/s"], 95)
+    bench_goals.append(("durability lag p95, 10 requests/s", f"{ten:.1f} ms", "<= 50 ms", ten <= 50))
+    sat = _pct(lag["saturated"], 95)
+    bench_goals.append((f"durability lag p95, saturated ({CLIENTS} clients; the goal is stated at 8)",
+                        f"{sat:.1f} ms", "<= 50 ms", sat <= 50))
+    assert all(len(v) == ROUNDS for v in rps.values())

@@ -1,0 +1,138 @@
+"""The logger's COPY path (gateway_logger/bulk.py) against real PostgreSQL: what it stores is what the
+INSERT path stores, text that COPY's format would misread survives, a batch meeting rows already logged
+falls back to the INSERT path (no duplicate, a success still replaces a failure), and a driver error is
+raised as SQLAlchemy's kind so the writer tells a bad row from an outage. And ``documents.storable``: the
+cheap check gives ``jsonable``'s answer."""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DataError
+
+import db_init
+import gateway_logger
+from gateway_logger import bulk
+from gateway_logger.database import insert_batch, insert_rows, is_row_error
+from gateway_logger.documents import jsonable, storable
+from gateway_logger.rows import outcome_per_call
+from tests.support.gateway import litellm_call
+
+NASTY = "tab\there, newline\nhere, cr\rhere, backslash \\ and \\N and \\t, quote \" and é ☃"
+
+
+def _record(content: str = "hello", *, failed: bool = False, request_id: str | None = None) -> dict[str, Any]:
+    call = litellm_call(f"c-{uuid.uuid4()}", content, failed=failed,
+                        request_id=request_id or gateway_logger.calls.new_request_id())
+    return gateway_logger.normalize(gateway_logger.capture(call, failed=failed))
+
+
+def _stored(db_url: str, request_ids: list[str]) -> dict[str, tuple]:
+    engine = db_init.make_engine(db_url)
+    req, resp = db_init.Request, db_init.Response
+    cols = (req.request_id, req.call_id, req.route, req.model, req.payload, req.status_code, req.user_id,
+            req.api_key, req.start_time, req.end_time, resp.latency_ms, resp.content, resp.prompt_tokens,
+            resp.completion_tokens, resp.total_tokens, resp.cost, resp.response_model)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(*cols).join(resp, resp.request_id_fk == req.id)
+                                .where(req.request_id.in_(request_ids))).all()
+    finally:
+        engine.dispose()
+    return {r[0]: tuple(r) for r in rows}
+
+
+@pytest.fixture()
+def log_url(fresh_db: str) -> str:
+    db_init.create(fresh_db)
+    return fresh_db
+
+
+def test_copy_stores_exactly_what_the_insert_path_stores(log_url: str) -> None:
+    engine = db_init.make_engine(log_url)
+    try:
+        copied = [_record(NASTY), _record("plain"), _record(failed=True)]
+        copied[1]["request"]["user_id"] = NASTY
+        copied[1]["request"]["start_time"] = None
+        copied[1]["response"]["content"] = None
+        inserted = [{"request": dict(r["request"], request_id=r["request"]["request_id"] + "-i"),
+                     "response": dict(r["response"])} for r in copied]
+        with engine.begin() as conn:
+            assert bulk.usable(conn)
+        assert insert_batch(engine, copied).inserted == 3
+        assert insert_rows(engine, inserted, outcome_per_call(inserted)).inserted == 3
+    finally:
+        engine.dispose()
+    a = _stored(log_url, [r["request"]["request_id"] for r in copied])
+    b = _stored(log_url, [r["request"]["request_id"] for r in inserted])
+    assert len(a) == len(b) == 3
+    for r in copied:
+        rid = r["request"]["request_id"]
+        assert a[rid][1:] == b[rid + "-i"][1:], rid
+    nasty = a[copied[0]["request"]["request_id"]]
+    assert nasty[4]["messages"][0]["content"] == NASTY and nasty[11]["choices"][0]["message"]["content"] == "hi " + NASTY
+    assert a[copied[1]["request"]["request_id"]][6] == NASTY  # a text column
+    assert a[copied[1]["request"]["request_id"]][8] is None and a[copied[1]["request"]["request_id"]][11] is None
+
+
+def test_a_batch_meeting_rows_already_logged_takes_the_insert_path(log_url: str) -> None:
+    engine = db_init.make_engine(log_url)
+    try:
+        failed_first = _record(failed=True)
+        rid = failed_first["request"]["request_id"]
+        success = _record("retried", request_id=rid)
+        batch = [_record("a"), _record("b")]
+        assert insert_batch(engine, batch + [failed_first]).inserted == 3
+        # a replay of the whole batch (a segment written, then the process killed before it was deleted)
+        assert insert_batch(engine, batch + [failed_first]) == (0, 0, 3)
+        # the success of the retried call replaces its failure; a new row in the same batch is written
+        fresh = _record("c")
+        assert insert_batch(engine, [success, fresh]) == (1, 1, 0)
+    finally:
+        engine.dispose()
+    stored = _stored(log_url, [rid, fresh["request"]["request_id"], *(r["request"]["request_id"] for r in batch)])
+    assert len(stored) == 4 and stored[rid][5] == 200  # one response row per request, the success's
+
+
+def test_a_value_postgresql_rejects_is_a_row_error_not_an_outage(log_url: str) -> None:
+    engine = db_init.make_engine(log_url)
+    try:
+        bad = _record()
+        bad["request"]["status_code"] = "not a number"
+        with pytest.raises(DataError) as caught:
+            insert_batch(engine, [bad])
+        assert is_row_error(caught.value) and getattr(caught.value.orig, "pgcode", "")[:2] == "22"
+        good = _record()
+        assert insert_batch(engine, [good]).inserted == 1  # the connection is usable after the failure
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("doc", [
+    {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.2, "n": 1, "stream": False},
+    {"x": float("nan")}, {"x": [1.0, float("inf")]}, {"text": "nul \x00 inside"}, {"text": "lone \ud800"},
+    {"Authorization": "Bearer sk-1"}, {"deep": {"list": [{"API_KEY": "k"}]}}, {"api_\u212aey": "v"},
+    {"when": __import__("datetime").datetime(2026, 1, 1)}, {"set": {1, 2}}, {1: "int key"}, "a string",
+    {"é": "ünïcode ☃"}, None, [], {"password": ""},
+])
+def test_storable_gives_jsonables_answer(doc: Any) -> None:
+    size: list[int] = [0]
+    got = storable(doc, size)
+    expected = jsonable(doc)
+    assert _same(got, expected), (got, expected)
+    assert size[0] > 0
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored JSON (a tuple and a list are one JSON array, an int key is its string)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_storable_returns_a_json_native_document_itself_and_never_lets_a_secret_through() -> None:
+    doc = {"messages": [{"role": "user", "content": "hi"}]}
+    assert storable(doc, [0]) is doc
+    masked = storable({"x": {"X-Api-Key": "sk-secret"}}, [0])
+    assert masked == {"x": {"X-Api-Key": "***"}}
