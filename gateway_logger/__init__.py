@@ -10,29 +10,54 @@ file only when it is one ``.py`` file, and imports anything else, so the directo
 Why it is shaped this way: LiteLLM runs callbacks on its event loop, and part of every request on the
 loop's default thread pool. A database write on either stalls the whole gateway when PostgreSQL is
 slow or frozen. So the callback only captures references and hands them over; a writer thread turns
-them into rows and writes them in batches (one multi-row ``INSERT ... ON CONFLICT (request_id) DO
-NOTHING`` per table, one transaction per batch), so a replay never duplicates. One exception:
-LiteLLM retries a failed attempt inside the same call (same call id, ``x-litellm-attempted-retries``),
-so a failure event can precede the success the client got; that success replaces the failure's rows
-(``rows_replaced``), never the other way round. Rows that cannot be written now wait in JSONL spool
-files on disk, replayed once the database is back. A row is never lost unseen: every row that will not
-reach the database is counted in ``rows_dropped`` and said in the journal.
+them into rows and writes them in batches, one transaction per batch, so a replay never duplicates.
+One exception: LiteLLM retries a failed attempt inside the same call (same call id,
+``x-litellm-attempted-retries``), so a failure event can precede the success the client got; that
+success replaces the failure's rows (``rows_replaced``), never the other way round. Rows that cannot be
+written now wait in JSONL spool files on disk, replayed once the database is back. A row is never lost
+unseen: every row that will not reach the database is counted in ``rows_dropped`` and said in the
+journal.
+
+What a row costs, and why (issue 14; profiles and figures in POC-1/FINDINGS.md §3):
+
+* **Group commit.** The writer writes as soon as it is free and takes whatever arrived meanwhile: an idle
+  writer is woken by the row itself (no flush interval to wait for), a busy one finds a bigger batch
+  when its write returns, so batches grow with the load by themselves. The durability lag was the flush
+  interval (p50 ~60 ms, p95 ~120 ms at one request at a time); it is now one write.
+* **COPY, not INSERT.** cProfile of the writer (20,000 rows): a 500-row multi-row INSERT through
+  SQLAlchemy cost ~110 µs of the gateway's CPU per call (parameters compiled per row, JSON serialised,
+  then quoted by psycopg2); ``bulk`` writes both tables with COPY in text format (~35 µs), ids taken
+  from the table's sequence. COPY has no ``ON CONFLICT``: a batch that meets rows already logged (a
+  replayed segment, a retried call's success) fails with ``unique_violation`` and is written again with
+  ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` (``database.insert_rows``), which also does the
+  success-replaces-failure upgrade.
+* **No copy of a document that needs none.** Making a document storable (JSON types, clean text, secrets
+  masked) walked it in Python: ~50 µs per call. ``documents.storable`` runs the C JSON encoder once
+  instead and keeps the document as it is when that pass shows nothing to change (nearly every call);
+  anything else still takes the walk.
+* **Not (yet) another process.** The database work stays on a thread of the gateway's process: with the
+  two changes above, the writer's CPU per call is below LiteLLM's own per-request cost by far, and the
+  measured capacity cost is within the run's noise floor (§3); a separate writer process would add a
+  hand-over (serialisation, a local queue) for every row and a second thing to supervise and deploy. The
+  figures that would change this decision: a capacity ratio logger / do-nothing callback below 0.97
+  beyond the noise, or more calls per second than the writer sustains (``make bench`` prints both).
 
 What bounds a loss, and why (issue 11):
 
-* **Loss window.** Rows wait in memory only while the database takes writes, at most one flush interval
-  (then they are written). While the database is away, or a write has run past ``STALL_MS`` (a frozen
-  server), a spooler thread writes every row to the spool as it arrives (a stalled batch is copied there
-  too), and a syncer thread fsyncs it right after: a slow disk delays only the durability against a power
-  loss, not the write that makes a row survive a kill. So a SIGKILL or OOM kill loses at most the rows of
-  the last flush interval, plus those LiteLLM has answered but not yet handed over (a power loss: those
-  and the last fsync's). Measured through the real proxy,
-  open loop at 40 requests/s, default settings, SIGKILL of the proxy's process group, a new proxy on the
-  same spool (tests/test_logger_reliability.py, 2 shared cores, loaded): PostgreSQL up, three runs:
-  120 answered / 116 written / 4 lost, 110 / 104 / 6, 106 / 99 / 7; every lost row answered at most
-  120-170 ms before the kill: the durability lag (the flush interval, LiteLLM's lag between an answer and
-  its callback, one write). PostgreSQL stopped, four runs: 120 / 120 / 0, 280 / 280 / 0, 278 / 278 / 0,
-  108 / 106 / 2 (those 2 answered 1 and 23 ms before the kill: LiteLLM had not handed them over yet).
+* **Loss window.** Rows wait in memory only while the database takes writes, for at most the write in
+  progress (group commit; before issue 14 up to one flush interval: the figures below are from then).
+  While the database is away, or a write has run past ``STALL_MS`` (a frozen server), a spooler thread
+  writes every row to the spool as it arrives (a stalled batch is copied there too), and a syncer thread
+  fsyncs it right after: a slow disk delays only the durability against a power loss, not the write that
+  makes a row survive a kill. So a SIGKILL or OOM kill loses at most the rows of the write in progress,
+  plus those LiteLLM has answered but not yet handed over (a power loss: those and the last fsync's).
+  Measured through the real proxy, open loop at 40 requests/s, default settings, SIGKILL of the proxy's
+  process group, a new proxy on the same spool (tests/test_logger_reliability.py, 2 shared cores,
+  loaded): PostgreSQL up, three runs: 120 answered / 116 written / 4 lost, 110 / 104 / 6, 106 / 99 / 7;
+  every lost row answered at most 120-170 ms before the kill: the durability lag (then the flush
+  interval, LiteLLM's lag between an answer and its callback, one write). PostgreSQL stopped, four runs:
+  120 / 120 / 0, 280 / 280 / 0, 278 / 278 / 0, 108 / 106 / 2 (those 2 answered 1 and 23 ms before the
+  kill: LiteLLM had not handed them over yet).
 * **Supervision.** Each thread's turn runs under a guard: an unexpected error is said once per kind,
   counted (``writer_errors``), and the loop goes on after a backoff; rows in hand go back to the spool,
   a segment that keeps failing is quarantined. A spool segment with unreadable lines (not UTF-8, not

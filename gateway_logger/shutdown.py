@@ -99,7 +99,7 @@ def hook_shutdown() -> None:
     original = getattr(proxy, "proxy_shutdown_event", None)
     if original is None:
         say("LiteLLM has no proxy_shutdown_event: rows of calls that end during a shutdown are only as safe "
-            "as the loss window (one flush interval)")
+            "as the loss window (the write in progress)")
         return
     if getattr(original, "_gateway_logger_flush", False):
         return

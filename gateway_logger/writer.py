@@ -31,11 +31,12 @@ from gateway_logger.supervision import Supervision
 class Writer(Supervision, Spooling, Batches, Connection):
     """Rows from the event loop to PostgreSQL, through memory and, when needed, the on-disk spool.
 
-    Four threads. The *writer* takes what the loop handed over (``submit``), normalizes it, keeps it in
-    memory within the byte budget and writes batches; it replays the spool when the database is back. The
+    Four threads. The *writer* takes what the loop handed over (``submit`` wakes it: group commit),
+    normalizes it, keeps it in memory within the byte budget and writes it at once, in one batch with
+    whatever else arrived while it was busy; it replays the spool when the database is back. The
     *spooler* wakes every flush interval (at once for each row while the database is away): it moves the
     rows in memory to the spool while the database is away or a write has stalled (so a kill loses at
-    most the last flush interval), exports the gauges and the heartbeat. The *syncer* fsyncs the spool as
+    most the write in progress), exports the gauges and the heartbeat. The *syncer* fsyncs the spool as
     soon as rows were appended. The *watchdog* shuts the sockets of a database operation that runs past
     the write timeout (a frozen server). A turn of any of them that fails unexpectedly is said once per
     kind, counted, and the loop goes on after a backoff.

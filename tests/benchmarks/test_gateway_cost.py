@@ -133,27 +133,22 @@ async def _saturate(gw: Gateway, seconds: float) -> Load:
 
 
 async def _open_loop(gw: Gateway, rate: float, seconds: float) -> Load:
-    """``rate`` requests/s on their schedule whatever the answers do (each on a connection of its own
-    from a small pool, so a slow answer does not delay the next send)."""
+    """``rate`` requests/s on their schedule whatever the answers do, each on a connection of its own (an
+    idle keep-alive connection would be closed by the server between two sends at 1 request/s)."""
     load = Load()
-    pool: asyncio.Queue = asyncio.Queue()
-    for _ in range(8):
-        pool.put_nowait(await asyncio.open_connection("127.0.0.1", gw.port))
 
     async def one(n: int) -> None:
-        reader, writer = await pool.get()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         try:
             await _exchange(reader, writer, _request(gw, n), load)
         finally:
-            pool.put_nowait((reader, writer))
+            writer.close()
 
     start, tasks = time.monotonic(), []
     for n in range(int(rate * seconds)):
         await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
         tasks.append(asyncio.create_task(one(n)))
     await asyncio.gather(*tasks)
-    while not pool.empty():
-        pool.get_nowait()[1].close()
     return load
 
 
