@@ -88,6 +88,7 @@ class Batches:
             return
         self._disarm()
         self.stats.observe_batch(time.perf_counter() - t0)
+        self.stats.observe_lags(records, time.time())
         self.stats.count_written(written)
         self._up()
 

@@ -92,6 +92,14 @@ class Stats:
         self.batch_seconds = Histogram(name("batch_write_seconds"),
                                        "time of one write transaction (batch), seconds",
                                        buckets=self.BATCH_BUCKETS, registry=None)
+        # the durability lag in its two parts: LiteLLM's (the call's end to the callback handing it over,
+        # its logging worker's queue under load) and the logger's (hand-over to the committed write)
+        self.handover_seconds = Histogram(
+            name("handover_seconds"), "a call's end (LiteLLM's endTime) to its hand-over to the logger "
+            "(LiteLLM's share of the durability lag), seconds", buckets=self.BATCH_BUCKETS, registry=None)
+        self.write_lag_seconds = Histogram(
+            name("write_lag_seconds"), "a call's hand-over to the logger to the commit of its row (the "
+            "logger's share of the durability lag), seconds", buckets=self.BATCH_BUCKETS, registry=None)
         self.build_info = Gauge(name("build_info"), BUILD_HELP, BUILD_LABELS,
                                 multiprocess_mode="livemax", registry=None)
         self._lock = threading.Lock()
@@ -119,6 +127,17 @@ class Stats:
             if seconds > self._batch_max:
                 self._batch_max = seconds
                 self.set_gauge("batch_seconds_max", seconds)
+
+    def observe_lags(self, records: list[dict[str, Any]], committed: float) -> None:
+        """Both parts of the durability lag of the rows just committed (a row replayed from the spool
+        counts with its whole wait; a row without a hand-over time, spooled by an older logger, not)."""
+        for r in records:
+            received = r.get("received")
+            if isinstance(received, float):
+                self.write_lag_seconds.observe(max(0.0, committed - received))
+                end = r["request"].get("end_time")
+                if isinstance(end, float) and end < received:  # equal: no endTime, the row took its hand-over time
+                    self.handover_seconds.observe(received - end)
 
     def set_gauge(self, name: str, value: float) -> None:
         self.gauge_metrics[name].set(value)

@@ -262,6 +262,8 @@ class Writer(Supervision, Spooling, Batches, Connection):
                 entry = self._inbox.popleft()
                 self._in_hand += 1
             record, size = self._normalize_entry(entry)
+            if "received" in entry:  # for the lag metrics (a top-level key: no column reads it)
+                record["received"] = entry["received"]
             with self._lock:
                 self._in_hand -= 1
                 fits = not self._backlog or (len(self._backlog) < self.settings.queue_max and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 import uuid
@@ -114,7 +115,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         load.failures += 1
 
 
-async def _saturate(gw: Gateway, seconds: float) -> Load:
+async def _saturate(gw: Gateway, seconds: float, clients: int = CLIENTS) -> Load:
     load = Load()
     stop_at = time.monotonic() + seconds
 
@@ -128,7 +129,7 @@ async def _saturate(gw: Gateway, seconds: float) -> Load:
         finally:
             writer.close()
 
-    await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+    await asyncio.gather(*(client(c) for c in range(clients)))
     return load
 
 
@@ -179,10 +180,51 @@ def _lag_figures(lags: list[float]) -> dict[str, float]:
     return {f"p{p}": round(_pct(lags, p), 1) for p in (50, 95, 99)} | {"n": len(lags)}
 
 
+def _histograms(gw: Gateway) -> dict[str, dict[float, float]]:
+    """The logger's two lag histograms (cumulative bucket counts by upper bound) from its metrics port."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=10).text
+    out: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("gateway_logger_handover_seconds", "gateway_logger_write_lag_seconds"):
+            out[family.name] = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
+    return out
+
+
+def _quantile_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The q-quantile of what was observed between two scrapes, interpolated within its bucket."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    target, lower, below = q * counts[-1], 0.0, 0.0
+    for bound, cum in zip(bounds, counts):
+        if cum >= target:
+            if bound == float("inf"):
+                return lower * 1000
+            return (lower + (bound - lower) * (target - below) / max(cum - below, 1e-9)) * 1000
+        lower, below = bound, cum
+    return None
+
+
+def _cpu_s(gw: Gateway) -> float:
+    """CPU seconds (user + system, all threads) the proxy process has used, from /proc."""
+    assert gw.proxy is not None
+    fields = Path(f"/proc/{gw.proxy.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mib(gw: Gateway) -> dict[str, float]:
     assert gw.proxy is not None
     status = dict(line.split(":", 1) for line in Path(f"/proc/{gw.proxy.pid}/status").read_text().splitlines())
     return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+
+
+def _met(value: float, goal: float, noise: float) -> bool | str:
+    """Whether ``value >= goal``; a miss smaller than the run's noise floor is said as such."""
+    return True if value >= goal else "within noise" if value >= goal - noise else False
 
 
 def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], cost_db: str, bench_results: dict,
@@ -190,44 +232,66 @@ def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], cost_db
     for gw in arms.values():  # warm-up: imports, pools, the first rows
         asyncio.run(_saturate(gw, 2.0))
     rps: dict[str, list[float]] = {"none": [], "none again": [], "noop": [], "logger": []}
+    cpu_ms: dict[str, list[float]] = {slot: [] for slot in rps}  # the proxy's CPU per answered request
     saturated = Load()
     slots = ["none", "noop", "logger", "none again"]
     for r in range(ROUNDS):
         order = slots[r % len(slots):] + slots[:r % len(slots)]
         for slot in order:
             gw = arms[slot.split()[0]]
+            cpu0 = _cpu_s(gw)
             load = asyncio.run(_saturate(gw, SATURATE_S))
             assert load.failures == 0, f"{slot}: {load.failures} requests not answered 200"
             rps[slot].append(len(load.answered) / SATURATE_S)
+            cpu_ms[slot].append((_cpu_s(gw) - cpu0) * 1000 / len(load.answered))
             if slot == "logger":
                 saturated.answered += load.answered
     ratio = {name: [a / b for a, b in zip(rps[x], rps[y])]
              for name, x, y in (("logger / noop", "logger", "noop"), ("noop / none", "noop", "none"),
                                 ("logger / none", "logger", "none"), ("none / none (noise)", "none again", "none"))}
+    # CPU per request: what bounds a saturated gateway's capacity, far less noisy than requests/s
+    ratio |= {f"CPU {name}": [b / a for a, b in zip(cpu_ms[x], cpu_ms[y])]
+              for name, x, y in (("noop / logger", "logger", "noop"), ("none / none again (noise)", "none again", "none"))}
     noise = statistics.median(abs(1 - q) for q in ratio["none / none (noise)"])
+    cpu_noise = statistics.median(abs(1 - q) for q in ratio["CPU none / none again (noise)"])
     figures: dict[str, Any] = {f"{slot} requests/s (median of {ROUNDS})": round(statistics.median(v), 1)
                                for slot, v in rps.items()}
     for name, qs in ratio.items():
         figures[f"{name} ratio"] = f"{statistics.median(qs):.3f} ({min(qs):.3f}-{max(qs):.3f})"
     figures["noise floor (median |1 - none/none|)"] = round(noise, 3)
+    for slot, v in cpu_ms.items():
+        figures[f"{slot} proxy CPU ms per request (median)"] = round(statistics.median(v), 3)
+    figures["CPU noise floor (median |1 - none/none|)"] = round(cpu_noise, 3)
 
-    lag = {"saturated": _lags_ms(cost_db, saturated)}
+    lag = {f"saturated ({CLIENTS} clients)": _lags_ms(cost_db, saturated)}
+    before = _histograms(arms["logger"])
+    eight = asyncio.run(_saturate(arms["logger"], SATURATE_S * 2, clients=8))
+    lag["concurrency 8"] = _lags_ms(cost_db, eight)
+    after = _histograms(arms["logger"])
+    split = {f"{part} p{int(q * 100)} ms": round(v, 1) if (v := _quantile_ms(before.get(f"gateway_logger_{part}_seconds", {}),
+                                                                           after.get(f"gateway_logger_{part}_seconds", {}), q)) is not None else None
+             for part in ("handover", "write_lag") for q in (0.5, 0.95)}
     for rate, seconds in ((1.0, 40.0), (10.0, 20.0)):
         lag[f"{rate:g} request/s"] = _lags_ms(cost_db, asyncio.run(_open_loop(arms["logger"], rate, seconds)))
     for name, lags in lag.items():
         figures[f"durability lag ms at {name}"] = _lag_figures(lags)
+    figures["at concurrency 8, the lag's parts (the logger's histograms): LiteLLM's hand-over, the logger's write"] = split
     for arm, gw in arms.items():
         figures[f"{arm} proxy memory MiB"] = _rss_mib(gw)
     bench_results[f"saturated gateway ({CLIENTS} clients, {ROUNDS} rounds x {SATURATE_S:g} s per arm)"] = figures
 
     capacity = statistics.median(ratio["logger / noop"])
-    bench_goals.append(("gateway capacity, logger / do-nothing callback (saturated)", f"{capacity:.3f} "
-                        f"(noise floor {noise:.3f})", ">= 0.97", capacity >= 0.97 - noise))
+    bench_goals.append(("gateway capacity, logger / do-nothing callback (saturated requests/s)",
+                        f"{capacity:.3f} (noise floor {noise:.3f})", ">= 0.97", _met(capacity, 0.97, noise)))
+    by_cpu = statistics.median(ratio["CPU noop / logger"])
+    bench_goals.append(("gateway capacity by CPU per request, do-nothing callback / logger (saturated)",
+                        f"{by_cpu:.3f} (noise floor {cpu_noise:.3f})", ">= 0.97", _met(by_cpu, 0.97, cpu_noise)))
     one = _pct(lag["1 request/s"], 95)
     bench_goals.append(("durability lag p95, 1 request/s", f"{one:.1f} ms", "<= 20 ms", one <= 20))
     ten = _pct(lag["10 request/s"], 95)
     bench_goals.append(("durability lag p95, 10 requests/s", f"{ten:.1f} ms", "<= 50 ms", ten <= 50))
-    sat = _pct(lag["saturated"], 95)
-    bench_goals.append((f"durability lag p95, saturated ({CLIENTS} clients; the goal is stated at 8)",
-                        f"{sat:.1f} ms", "<= 50 ms", sat <= 50))
+    eight95 = _pct(lag["concurrency 8"], 95)
+    bench_goals.append(("durability lag p95, concurrency 8 (saturated)", f"{eight95:.1f} ms (LiteLLM's hand-over "
+                        f"p95 {split['handover p95 ms']} ms, the logger's write p95 {split['write_lag p95 ms']} ms)",
+                        "<= 50 ms", eight95 <= 50))
     assert all(len(v) == ROUNDS for v in rps.values())
