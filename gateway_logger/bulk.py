@@ -122,7 +122,13 @@ def copy_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> int:
         driver_error = type(raw).__module__.split(".")[0]
         if type(exc).__module__.split(".")[0] != driver_error:
             raise  # ours (a value that cannot be written as text): the writer treats it as a row error
-        raise DBAPIError.instance(sql, None, exc, _base_error(exc)) from exc
+        # as SQLAlchemy does for its own statements: a broken connection is invalidated and said so, so
+        # the writer takes it for an outage (spool, reconnect), never for a bad row
+        gone = bool(conn.dialect.is_disconnect(exc, raw, None))
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, None, exc, _base_error(exc), connection_invalidated=gone,
+                                  dialect=conn.dialect) from exc
     return len(records)
 
 

@@ -54,6 +54,8 @@ GAUGES: dict[str, tuple[str, str]] = {
                                  "Unix time of the writer loop's last turn (the oldest of the workers)"),
     "heartbeat_stale_after_seconds": ("livemax", "a heartbeat older than this means the writer is stuck"),
     "workers": ("livesum", "gateway worker processes with a running logger"),
+    "writer_cpu_seconds": ("livesum", "CPU seconds (user + system) the writer threads of the running workers "
+                                      "have used: the logger's cost in the gateway's processes"),
     "batch_seconds_max": ("max", "longest batch write so far, seconds"),
     "start_time_seconds": ("livemax", ("when the newest worker's logger started (Unix time): its counters "
                                        "started from 0")),

@@ -203,6 +203,7 @@ class Writer(Supervision, Spooling, Batches, Connection):
 
     def _turn(self) -> bool:
         self._beat = time.time()
+        self.stats.set_gauge("writer_cpu_seconds", time.thread_time())
         if self._stop.is_set():
             self._drain_at_stop()
             return False

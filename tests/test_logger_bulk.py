@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 
 import db_init
 import gateway_logger
@@ -136,3 +136,27 @@ def test_storable_returns_a_json_native_document_itself_and_never_lets_a_secret_
     assert storable(doc, [0]) is doc
     masked = storable({"x": {"X-Api-Key": "sk-secret"}}, [0])
     assert masked == {"x": {"X-Api-Key": "***"}}
+
+
+def test_a_connection_killed_under_copy_is_an_outage_not_a_bad_row(log_url: str) -> None:
+    """PostgreSQL ends the session mid-batch (a restart, a failover): the error must say the connection is
+    gone (the writer then spools and reconnects); taken for a row error, the batch would be split and its
+    rows stored without their documents."""
+    engine, killer = db_init.make_engine(log_url), db_init.make_engine(log_url)
+    try:
+        raised: list[DBAPIError] = []
+        with pytest.raises(DBAPIError), engine.begin() as conn:
+            victim = conn.connection.dbapi_connection.info.backend_pid
+            with killer.begin() as other:
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({victim})")
+            try:
+                bulk.copy_batch(conn, outcome_per_call([_record()]))
+            except DBAPIError as exc:  # what copy_batch itself raises (the rollback's error would follow it)
+                raised.append(exc)
+                raise
+        assert raised and raised[0].connection_invalidated, repr(raised)
+        assert not is_row_error(raised[0])
+        assert insert_batch(engine, [_record()]).inserted == 1  # the pool gives a new connection
+    finally:
+        engine.dispose()
+        killer.dispose()
