@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 import db_init
 from gateway_logger.database import Outage, insert_batch
@@ -36,9 +37,17 @@ class Batches:
     _up: Callable[[], None]
     _down: Callable[..., None]
     _data_problem: Callable[[BaseException], bool]
+    _state: str
 
     def _insert(self, records: list[dict[str, Any]]) -> Written:
+        """One batch; a pooled connection found broken (the server restarted since its last use: the
+        engine has no pre-ping) is replaced and the batch sent again once — a replay cannot duplicate."""
         assert self.engine is not None
+        try:
+            return insert_batch(self.engine, records, self.settings.test_delay_ms)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or self._state != "up":  # the watchdog declares a frozen server
+                raise
         return insert_batch(self.engine, records, self.settings.test_delay_ms)
 
     def _overflow(self, records: list[dict[str, Any]], why: str, sync: bool = False) -> None:

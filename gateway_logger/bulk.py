@@ -1,23 +1,26 @@
-"""A batch written with PostgreSQL's COPY: the fast path of ``database.insert_batch``.
+"""A batch written in one statement and one round trip: the fast path of ``database.insert_batch``.
 
-Why: profiled on this machine (cProfile of the writer, 20,000 rows, ``make bench``), a 500-row multi-row
-INSERT through SQLAlchemy cost ~110 µs of gateway CPU per row (parameter dicts compiled per row, JSON
-serialised by SQLAlchemy, quoted again by psycopg2). COPY in text format takes rows as one stream that is
-built here with a handful of C-level string operations per column.
+Why (issue 14; profiles in POC-1/FINDINGS.md §3): group commit makes batches small when the gateway is
+not saturated — often one call — so what a *transaction* costs the gateway's process matters as much as
+what a row costs. The INSERT path through SQLAlchemy took ~110 µs of CPU per row (parameters compiled
+per row, JSON serialised, then quoted) plus six round trips per batch (pre-ping, BEGIN, two INSERTs,
+the failure upgrade check, COMMIT); on a saturated gateway every round trip also waits for the GIL, up
+to the interpreter's 5 ms switch interval, behind LiteLLM's event loop. Here a batch is one statement,
+sent in autocommit (a single statement is atomic by itself): the rows as one ``VALUES`` list quoted by
+psycopg2's C code, inserted into ``requests`` with ``ON CONFLICT (request_id) DO NOTHING``, and the
+responses of exactly the rows inserted, joined on the request id, by the same statement (a data-modifying
+CTE). So a replay never duplicates, a request row never exists without its response row, and the batch
+costs the pool's pre-ping and one round trip.
 
-The ids of the new requests come from the table's own sequence (one ``nextval`` per row in one query), so
-both tables are copied in one transaction without waiting for ``RETURNING``. COPY has no
-``ON CONFLICT``: a batch that meets a row already logged (a replayed spool segment, a retried call's success
-after its failure) fails with ``unique_violation`` and ``insert_batch`` writes it again the slow way, which
-skips duplicates and upgrades failures. Driver errors are raised as SQLAlchemy's ``DBAPIError`` kinds, so
-the writer tells a bad row from an outage exactly as for the INSERT path.
+Calls already logged that this batch's records would upgrade (a retried call's success after its failure)
+are left to ``database.insert_rows``, which does that in a transaction of its own; ``insert_batch`` calls
+it only for such records. Driver errors are raised as SQLAlchemy's ``DBAPIError`` kinds (a broken
+connection invalidated and said so), so the writer tells a bad row from an outage as for its own
+statements.
 """
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Connection
@@ -27,101 +30,89 @@ import db_init
 
 Request, Response = db_init.Request, db_init.Response
 
-#: the columns the logger fills (the table's own defaults fill ``id`` of responses and ``created_at``)
-REQUEST_COLUMNS = ("id", "request_id", "call_id", "route", "model", "payload", "status_code", "user_id",
-                   "api_key", "start_time", "end_time")
-RESPONSE_COLUMNS = ("request_id_fk", "latency_ms", "content", "prompt_tokens", "completion_tokens",
-                    "total_tokens", "cost", "response_model")
+#: the columns the logger fills, and the SQL type of each value in the VALUES list
+REQUEST_COLUMNS = {"request_id": "text", "call_id": "text", "route": "text", "model": "text", "payload": "jsonb",
+                   "status_code": "integer", "user_id": "text", "api_key": "text",
+                   "start_time": "double precision", "end_time": "double precision"}
+RESPONSE_COLUMNS = {"latency_ms": "integer", "content": "jsonb", "prompt_tokens": "integer",
+                    "completion_tokens": "integer", "total_tokens": "integer", "cost": "text",
+                    "response_model": "text"}
 DOCUMENTS = frozenset({"payload", "content"})
-TIMES = frozenset({"start_time", "end_time"})
-#: SQLSTATE unique_violation: the batch meets rows already logged
-UNIQUE_VIOLATION = "23505"
-NULL = "\\N"
+TIMES = frozenset({"start_time", "end_time"})  # epoch seconds in the record, timestamptz in the table
+
+
+def _value_sql(table: str, column: str) -> str:
+    """How the statement takes a VALUES column into its table's column."""
+    return f"to_timestamp(v.{column})" if column in TIMES else f"v.{column}"
+
+
+def _statement(n: int) -> str:
+    req, resp = Request.__tablename__, Response.__tablename__
+    columns = [*REQUEST_COLUMNS, *RESPONSE_COLUMNS]
+    return (
+        f"WITH v ({', '.join(columns)}) AS (VALUES %s), "
+        f"ins AS (INSERT INTO {req} ({', '.join(REQUEST_COLUMNS)}) "
+        f"SELECT {', '.join(_value_sql(req, c) for c in REQUEST_COLUMNS)} FROM v "
+        f"ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id) "
+        f"INSERT INTO {resp} (request_id_fk, {', '.join(RESPONSE_COLUMNS)}) "
+        f"SELECT ins.id, {', '.join(_value_sql(resp, c) for c in RESPONSE_COLUMNS)} "
+        f"FROM ins JOIN v ON v.request_id = ins.request_id RETURNING request_id_fk")
+
+
+#: one row of the VALUES list: typed placeholders (a column of NULLs would otherwise be text)
+TEMPLATE = "(" + ", ".join(f"%s::{t}" for t in (*REQUEST_COLUMNS.values(), *RESPONSE_COLUMNS.values())) + ")"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _row(record: dict[str, Any]) -> tuple[Any, ...]:
+    req, resp = record["request"], record["response"]
+    values: list[Any] = []
+    for part, columns in ((req, REQUEST_COLUMNS), (resp, RESPONSE_COLUMNS)):
+        for c in columns:
+            v = part.get(c)
+            if c in DOCUMENTS:
+                v = _dumps(v)  # JSON null for None, as SQLAlchemy's JSON type stores it
+            elif c in TIMES and not (type(v) is float or type(v) is int):
+                v = None  # as the INSERT path's ``rows.utc_datetime``
+            values.append(v)
+    if values[1] is None:
+        values[1] = values[0]  # spooled before migration 0002: request_id = call id
+    return tuple(values)
 
 
 def usable(conn: Connection) -> bool:
-    """COPY needs psycopg2's ``copy_expert`` (the project's driver); other drivers take the INSERT path."""
-    return hasattr(_dbapi(conn).cursor(), "copy_expert")
+    """One statement needs psycopg2's cursor (the project's driver); other drivers take the INSERT path."""
+    return hasattr(_dbapi(conn).cursor(), "mogrify")
+
+
+def autocommit(conn: Connection) -> bool:
+    return bool(getattr(_dbapi(conn), "autocommit", False))
 
 
 def _dbapi(conn: Connection) -> Any:
     return conn.connection.dbapi_connection
 
 
-def _text(value: str) -> str:
-    """COPY text format escapes: backslash first, then the three characters that end a field or row."""
-    if "\\" in value:
-        value = value.replace("\\", "\\\\")
-    if "\t" in value or "\n" in value or "\r" in value:
-        value = value.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return value
+def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]:
+    """Insert one record per request id (``rows.outcome_per_call``) into both tables, on a connection in
+    autocommit; returns the request ids inserted (the others were logged already). Raises ``DBAPIError``."""
+    from psycopg2.extras import execute_values
 
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-def _document(value: Any) -> str:
-    return _text(_dumps(value))  # JSON null for None, as SQLAlchemy's JSON type stores it
-
-
-def _time(value: Any) -> str:
-    """Epoch seconds, as the INSERT path's ``rows.utc_datetime`` takes them; anything else is NULL."""
-    if type(value) is float or type(value) is int:
-        return datetime.fromtimestamp(value, timezone.utc).isoformat()
-    return NULL
-
-
-def _scalar(value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        return _text(value)
-    if value is None:
-        return NULL
-    if kind is int or kind is float:
-        return str(value)
-    if kind is bool:
-        return "t" if value else "f"
-    return _text(str(value))
-
-
-def _formats(columns: tuple[str, ...]) -> tuple[tuple[str, Callable[[Any], str]], ...]:
-    return tuple((c, _document if c in DOCUMENTS else _time if c in TIMES else _scalar) for c in columns)
-
-
-def _stream(rows: Iterable[dict[str, Any]], formats: tuple[tuple[str, Callable[[Any], str]], ...]) -> io.StringIO:
-    lines = ["\t".join([fmt(row.get(c)) for c, fmt in formats]) for row in rows]
-    return io.StringIO("\n".join(lines) + "\n" if lines else "")
-
-
-REQUEST_FORMATS, RESPONSE_FORMATS = _formats(REQUEST_COLUMNS), _formats(RESPONSE_COLUMNS)
-
-
-def copy_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> int:
-    """Copy one record per request id (``rows.outcome_per_call``) into both tables; returns the rows
-    inserted. Raises ``DBAPIError`` (``IntegrityError`` with SQLSTATE 23505 when a row is already logged)."""
     records = list(chosen.values())
     if not records:
-        return 0
+        return set()
     raw = _dbapi(conn)
-    sql = "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)"
+    sql = _statement(len(records))
     try:
         with raw.cursor() as cur:
-            cur.execute(sql, (Request.__tablename__, len(records)))
-            ids = [pk for (pk,) in cur.fetchall()]
-            requests = [dict(r["request"], id=pk) for r, pk in zip(records, ids)]
-            for req in requests:
-                req.setdefault("call_id", req["request_id"])  # spooled before migration 0002
-            responses = [dict(r["response"], request_id_fk=pk) for r, pk in zip(records, ids)]
-            for table, formats, rows in ((Request.__tablename__, REQUEST_FORMATS, requests),
-                                         (Response.__tablename__, RESPONSE_FORMATS, responses)):
-                sql = f"COPY {table} ({', '.join(c for c, _ in formats)}) FROM STDIN"
-                cur.copy_expert(sql, _stream(rows, formats), size=1 << 20)
+            ids = execute_values(cur, sql, [_row(r) for r in records], template=TEMPLATE,
+                                 page_size=len(records), fetch=True)
     except DBAPIError:
         raise
     except Exception as exc:
         driver_error = type(raw).__module__.split(".")[0]
         if type(exc).__module__.split(".")[0] != driver_error:
-            raise  # ours (a value that cannot be written as text): the writer treats it as a row error
+            raise  # ours (a value that cannot be sent): the writer treats it as a row error
         # as SQLAlchemy does for its own statements: a broken connection is invalidated and said so, so
         # the writer takes it for an outage (spool, reconnect), never for a bad row
         gone = bool(conn.dialect.is_disconnect(exc, raw, None))
@@ -129,7 +120,12 @@ def copy_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> int:
             conn.invalidate(exc)
         raise DBAPIError.instance(sql, None, exc, _base_error(exc), connection_invalidated=gone,
                                   dialect=conn.dialect) from exc
-    return len(records)
+    inserted_pks = {pk for (pk,) in ids}
+    if len(inserted_pks) == len(records):
+        return set(chosen)
+    with raw.cursor() as cur:  # rare: which ones were logged already (a replay, a retried call)
+        cur.execute(f"SELECT request_id FROM {Request.__tablename__} WHERE id = ANY(%s)", (list(inserted_pks),))
+        return {rid for (rid,) in cur.fetchall()}
 
 
 def _base_error(exc: BaseException) -> type[BaseException]:
@@ -138,7 +134,3 @@ def _base_error(exc: BaseException) -> type[BaseException]:
         if cls.__name__ == "Error" and cls.__module__.split(".")[0] == type(exc).__module__.split(".")[0]:
             return cls
     return Exception
-
-
-def is_duplicate(exc: BaseException) -> bool:
-    return getattr(getattr(exc, "orig", None), "pgcode", None) == UNIQUE_VIOLATION

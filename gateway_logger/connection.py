@@ -64,9 +64,12 @@ class Connection:
             url = make_url(self.url)
             if url.get_backend_name() != "postgresql":
                 raise ValueError(f"backend {url.get_backend_name()} is not PostgreSQL")
+            # autocommit: a batch is one statement (bulk), so BEGIN/COMMIT would be two more round trips,
+            # each a wait for the GIL on a busy gateway; no pre-ping (a third): a connection found broken
+            # by a write is invalidated and the write retried once on a new one (Batches._insert)
             self.engine = db_init.make_engine(
                 url, application_name="gateway_logger", pool_size=2, max_overflow=0, pool_timeout=10,
-                connect_args=dict(KEEPALIVES))
+                connect_args=dict(KEEPALIVES), isolation_level="AUTOCOMMIT", pool_pre_ping=False)
         except Exception as exc:
             say(f"database URL unusable ({type(exc).__name__}: {db_init.one_line_cause(exc, self.url)}); "
                 "rows go to the spool")

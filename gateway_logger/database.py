@@ -56,20 +56,25 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
 
 
 def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: int = 0) -> Written:
-    """One transaction: COPY of both tables (``bulk``); if the batch meets rows already logged, the
-    slow way (``insert_rows``). ``test_delay_ms``: TEST ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep
-    inside the transaction."""
+    """Both tables in one statement and one round trip (``bulk``); records of calls already logged that
+    would upgrade a failure to a success, the INSERT path's way (``insert_rows``). ``test_delay_ms``: TEST
+    ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep before the write."""
     chosen = outcome_per_call(records)
-    try:
-        with engine.begin() as conn:
-            if bulk.usable(conn):
-                _test_delay(test_delay_ms)
-                inserted = bulk.copy_batch(conn, chosen)
-                return Written(inserted, 0, len(records) - inserted)
-    except DBAPIError as exc:
-        if not bulk.is_duplicate(exc):
-            raise
-    return insert_rows(engine, records, chosen, test_delay_ms)
+    with engine.connect() as conn:
+        inserted = None
+        if bulk.usable(conn):
+            if not bulk.autocommit(conn):  # the logger's engine is; a tool's may not be
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            _test_delay(test_delay_ms)
+            inserted = bulk.write_batch(conn, chosen)
+    if inserted is None:
+        return insert_rows(engine, records, chosen, test_delay_ms)
+    upgrades = {rid: r for rid, r in chosen.items() if rid not in inserted and succeeded(r["request"])}
+    if not upgrades:
+        return Written(len(inserted), 0, len(records) - len(inserted))
+    more = insert_rows(engine, list(upgrades.values()), upgrades)
+    done = len(inserted) + more.inserted + more.replaced
+    return Written(len(inserted) + more.inserted, more.replaced, len(records) - done)
 
 
 def _test_delay(test_delay_ms: int) -> None:
@@ -81,7 +86,8 @@ def _test_delay(test_delay_ms: int) -> None:
 def insert_rows(engine: Engine, records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
                 test_delay_ms: int = 0) -> Written:
     """One transaction: multi-row INSERT of requests (ON CONFLICT DO NOTHING, RETURNING id), then
-    the upgrade of earlier failures by later successes of the same calls, then the responses."""
+    the upgrade of earlier failures by later successes of the same calls, then the responses. In a
+    transaction of its own even on an autocommit engine (the logger's)."""
     req_params = []
     for r in chosen.values():
         p = dict(r["request"])
@@ -90,16 +96,18 @@ def insert_rows(engine: Engine, records: list[dict[str, Any]], chosen: dict[str,
         req_params.append(p)
     stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
             .returning(Request.id, Request.request_id))
-    with engine.begin() as conn:
-        _test_delay(test_delay_ms)
-        ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
-        # rare path: a call already logged; a success replaces a failure logged for it before
-        successes = [p for p in req_params if p["request_id"] not in ids and succeeded(p)]
-        replaced = replace_failures(conn, successes) if successes else {}
-        resp_params = [dict(chosen[rid]["response"], request_id_fk=pk)
-                       for rid, pk in (*ids.items(), *replaced.items())]
-        if resp_params:
-            conn.execute(pg_insert(Response), resp_params)
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="READ COMMITTED")  # back to the engine's at check-in
+        with conn.begin():
+            _test_delay(test_delay_ms)
+            ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
+            # rare path: a call already logged; a success replaces a failure logged for it before
+            successes = [p for p in req_params if p["request_id"] not in ids and succeeded(p)]
+            replaced = replace_failures(conn, successes) if successes else {}
+            resp_params = [dict(chosen[rid]["response"], request_id_fk=pk)
+                           for rid, pk in (*ids.items(), *replaced.items())]
+            if resp_params:
+                conn.execute(pg_insert(Response), resp_params)
     return Written(len(ids), len(replaced), len(records) - len(ids) - len(replaced))
 
 

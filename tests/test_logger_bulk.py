@@ -1,7 +1,7 @@
-"""The logger's COPY path (gateway_logger/bulk.py) against real PostgreSQL: what it stores is what the
-INSERT path stores, text that COPY's format would misread survives, a batch meeting rows already logged
-falls back to the INSERT path (no duplicate, a success still replaces a failure), and a driver error is
-raised as SQLAlchemy's kind so the writer tells a bad row from an outage. And ``documents.storable``: the
+"""The logger's one-statement write (gateway_logger/bulk.py) against real PostgreSQL: what it stores is
+what the INSERT path stores, awkward text survives, a batch meeting rows already logged writes no
+duplicate and a success still replaces a failure, and a driver error is raised as SQLAlchemy's kind so the
+writer tells a bad row from an outage. And ``documents.storable``: the
 cheap check gives ``jsonable``'s answer."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def log_url(fresh_db: str) -> str:
     return fresh_db
 
 
-def test_copy_stores_exactly_what_the_insert_path_stores(log_url: str) -> None:
+def test_one_statement_stores_exactly_what_the_insert_path_stores(log_url: str) -> None:
     engine = db_init.make_engine(log_url)
     try:
         copied = [_record(NASTY), _record("plain"), _record(failed=True)]
@@ -78,7 +78,7 @@ def test_copy_stores_exactly_what_the_insert_path_stores(log_url: str) -> None:
     assert a[copied[1]["request"]["request_id"]][8] is None and a[copied[1]["request"]["request_id"]][11] is None
 
 
-def test_a_batch_meeting_rows_already_logged_takes_the_insert_path(log_url: str) -> None:
+def test_a_batch_meeting_rows_already_logged_writes_no_duplicate_and_upgrades_a_failure(log_url: str) -> None:
     engine = db_init.make_engine(log_url)
     try:
         failed_first = _record(failed=True)
@@ -138,19 +138,19 @@ def test_storable_returns_a_json_native_document_itself_and_never_lets_a_secret_
     assert masked == {"x": {"X-Api-Key": "***"}}
 
 
-def test_a_connection_killed_under_copy_is_an_outage_not_a_bad_row(log_url: str) -> None:
+def test_a_connection_killed_under_the_write_is_an_outage_not_a_bad_row(log_url: str) -> None:
     """PostgreSQL ends the session mid-batch (a restart, a failover): the error must say the connection is
     gone (the writer then spools and reconnects); taken for a row error, the batch would be split and its
     rows stored without their documents."""
     engine, killer = db_init.make_engine(log_url), db_init.make_engine(log_url)
     try:
         raised: list[DBAPIError] = []
-        with pytest.raises(DBAPIError), engine.begin() as conn:
+        with pytest.raises(DBAPIError), engine.connect() as conn:
             victim = conn.connection.dbapi_connection.info.backend_pid
             with killer.begin() as other:
                 other.exec_driver_sql(f"SELECT pg_terminate_backend({victim})")
             try:
-                bulk.copy_batch(conn, outcome_per_call([_record()]))
+                bulk.write_batch(conn.execution_options(isolation_level="AUTOCOMMIT"), outcome_per_call([_record()]))
             except DBAPIError as exc:  # what copy_batch itself raises (the rollback's error would follow it)
                 raised.append(exc)
                 raise
@@ -160,3 +160,48 @@ def test_a_connection_killed_under_copy_is_an_outage_not_a_bad_row(log_url: str)
     finally:
         engine.dispose()
         killer.dispose()
+
+
+def test_the_upgrade_path_is_one_transaction_even_on_an_autocommit_engine(log_url: str) -> None:
+    """The logger's engine is in autocommit (a batch is one statement); ``insert_rows`` writes two tables in
+    several statements and must still leave no request row without its response row when one fails."""
+    engine = db_init.make_engine(log_url, isolation_level="AUTOCOMMIT")
+    try:
+        bad = _record()
+        bad["response"]["latency_ms"] = "not a number"  # the responses INSERT fails, after the requests one
+        with pytest.raises(DBAPIError):
+            insert_rows(engine, [bad], outcome_per_call([bad]))
+    finally:
+        engine.dispose()
+    assert _stored(log_url, [bad["request"]["request_id"]]) == {}
+    reader = db_init.make_engine(log_url)
+    with reader.connect() as conn:
+        assert conn.execute(select(db_init.Request.id).where(
+            db_init.Request.request_id == bad["request"]["request_id"])).first() is None
+    reader.dispose()
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_without_spooling(log_url: str, tmp_path) -> None:  # noqa: ANN001
+    """No pre-ping: the first write on a connection the server ended meanwhile (a restart) fails as a
+    broken connection, and the writer sends the batch again on a new one — no outage said, nothing spooled."""
+    w = gateway_logger.Writer(gateway_logger.Settings(spool_dir=str(tmp_path), metrics_port=None), url=log_url).start()
+    killer = db_init.make_engine(log_url)
+    try:
+        first = gateway_logger.capture(litellm_call(f"c-{uuid.uuid4()}", "one",
+                                                    request_id=gateway_logger.calls.new_request_id()), failed=False)
+        w.submit(first)
+        assert w.flush(10)
+        with killer.begin() as conn:
+            ended = conn.exec_driver_sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                         "WHERE application_name = 'gateway_logger'").scalar_one()
+        assert ended >= 1
+        second = gateway_logger.capture(litellm_call(f"c-{uuid.uuid4()}", "two",
+                                                     request_id=gateway_logger.calls.new_request_id()), failed=False)
+        w.submit(second)
+        assert w.flush(10)
+        snap = w.stats.snapshot()
+    finally:
+        w.stop()
+        killer.dispose()
+    assert len(_stored(log_url, [first["request_id"], second["request_id"]])) == 2
+    assert (snap["rows_spooled"], snap["connection_losses"], snap["rows_written"]) == (0, 0, 2), snap
