@@ -46,7 +46,7 @@ def _value_sql(table: str, column: str) -> str:
     return f"to_timestamp(v.{column})" if column in TIMES else f"v.{column}"
 
 
-def _statement(n: int) -> str:
+def _statement() -> str:
     req, resp = Request.__tablename__, Response.__tablename__
     columns = [*REQUEST_COLUMNS, *RESPONSE_COLUMNS]
     return (
@@ -59,6 +59,9 @@ def _statement(n: int) -> str:
         f"FROM ins JOIN v ON v.request_id = ins.request_id RETURNING request_id_fk")
 
 
+#: the statement, split where the VALUES list goes (built once: it does not depend on the batch)
+STATEMENT = _statement()
+STATEMENT_HEAD, STATEMENT_TAIL = (part.encode() for part in STATEMENT.split("%s"))
 #: one row of the VALUES list: typed placeholders (a column of NULLs would otherwise be text)
 TEMPLATE = "(" + ", ".join(f"%s::{t}" for t in (*REQUEST_COLUMNS.values(), *RESPONSE_COLUMNS.values())) + ")"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -96,17 +99,15 @@ def _dbapi(conn: Connection) -> Any:
 def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]:
     """Insert one record per request id (``rows.outcome_per_call``) into both tables, on a connection in
     autocommit; returns the request ids inserted (the others were logged already). Raises ``DBAPIError``."""
-    from psycopg2.extras import execute_values
-
     records = list(chosen.values())
     if not records:
         return set()
     raw = _dbapi(conn)
-    sql = _statement(len(records))
     try:
         with raw.cursor() as cur:
-            ids = execute_values(cur, sql, [_row(r) for r in records], template=TEMPLATE,
-                                 page_size=len(records), fetch=True)
+            values = b",".join([cur.mogrify(TEMPLATE, _row(r)) for r in records])  # psycopg2's C quoting
+            cur.execute(STATEMENT_HEAD + values + STATEMENT_TAIL)
+            ids = cur.fetchall()
     except DBAPIError:
         raise
     except Exception as exc:
@@ -118,7 +119,7 @@ def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]
         gone = bool(conn.dialect.is_disconnect(exc, raw, None))
         if gone:
             conn.invalidate(exc)
-        raise DBAPIError.instance(sql, None, exc, _base_error(exc), connection_invalidated=gone,
+        raise DBAPIError.instance(STATEMENT, None, exc, _base_error(exc), connection_invalidated=gone,
                                   dialect=conn.dialect) from exc
     inserted_pks = {pk for (pk,) in ids}
     if len(inserted_pks) == len(records):
