@@ -79,7 +79,7 @@ class Settings:
         doc="prometheus_client's multiprocess files, one directory per gateway run (memory-backed: a full "
             "disk under an mmap is a SIGBUS). A set ``$PROMETHEUS_MULTIPROC_DIR`` is used instead.")
     test_delay_ms: int = setting(
-        0, minimum=0, doc="TEST ONLY: sleeps this long inside every batch transaction, to imitate a slow "
+        0, minimum=0, doc="TEST ONLY: sleeps this long before every batch's write, to imitate a slow "
                           "database (caps throughput at batch max * 1000 / delay rows/s). Never set it in "
                           "production.")
 
