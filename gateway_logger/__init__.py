@@ -24,23 +24,27 @@ What a row costs, and why (issue 14; profiles and figures in POC-1/FINDINGS.md �
   writer is woken by the row itself (no flush interval to wait for), a busy one finds a bigger batch
   when its write returns, so batches grow with the load by themselves. The durability lag was the flush
   interval (p50 ~60 ms, p95 ~120 ms at one request at a time); it is now one write.
-* **COPY, not INSERT.** cProfile of the writer (20,000 rows): a 500-row multi-row INSERT through
-  SQLAlchemy cost ~110 µs of the gateway's CPU per call (parameters compiled per row, JSON serialised,
-  then quoted by psycopg2); ``bulk`` writes both tables with COPY in text format (~35 µs), ids taken
-  from the table's sequence. COPY has no ``ON CONFLICT``: a batch that meets rows already logged (a
-  replayed segment, a retried call's success) fails with ``unique_violation`` and is written again with
-  ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` (``database.insert_rows``), which also does the
-  success-replaces-failure upgrade.
+* **One statement, one round trip.** cProfile of the writer (20,000 calls): a 500-row multi-row INSERT
+  through SQLAlchemy cost ~110 µs of the gateway's CPU per call; with group commit a batch is often one
+  call, and then the transaction costs most (six round trips with COPY: pre-ping, BEGIN, nextval, two
+  COPYs, COMMIT; 380 µs of CPU), each round trip also waiting for the GIL behind a busy event loop
+  (py-spy: 30 % of the writer's time in the pre-ping alone). ``bulk`` sends a batch as one statement in
+  autocommit (both tables, ``ON CONFLICT (request_id) DO NOTHING``; 248 µs of CPU for a one-call batch);
+  the engine has no pre-ping (a connection found broken is replaced and the batch sent again once). The
+  rare success-replaces-failure upgrade is ``database.insert_rows``, in a transaction of its own.
 * **No copy of a document that needs none.** Making a document storable (JSON types, clean text, secrets
   masked) walked it in Python: ~50 µs per call. ``documents.storable`` runs the C JSON encoder once
   instead and keeps the document as it is when that pass shows nothing to change (nearly every call);
   anything else still takes the walk.
-* **Not (yet) another process.** The database work stays on a thread of the gateway's process: with the
-  two changes above, the writer's CPU per call is below LiteLLM's own per-request cost by far, and the
-  measured capacity cost is within the run's noise floor (§3); a separate writer process would add a
-  hand-over (serialisation, a local queue) for every row and a second thing to supervise and deploy. The
-  figures that would change this decision: a capacity ratio logger / do-nothing callback below 0.97
-  beyond the noise, or more calls per second than the writer sustains (``make bench`` prints both).
+* **Not another process.** The database work stays on a thread of the gateway's process. Measured at
+  saturation (``make bench``): the writer thread uses ~0.5 ms of CPU per request against LiteLLM's own
+  ~17.5 ms (3 %), and the capacity ratios are within the run's noise floor; a writer process would need
+  every call serialised on the event loop to hand it over, a local queue and a second thing to supervise
+  and deploy. What would change this: a capacity ratio logger / do-nothing callback clearly below 0.97,
+  or more calls per second than the writer sustains (~4,000 on loopback here).
+* **Where the lag comes from** (``handover_seconds``, ``write_lag_seconds``): on a saturated gateway most
+  of it is LiteLLM's — its logging worker runs the callback on the same busy event loop (p95 ~90 ms after
+  the call ended at 8 saturating clients); the logger's write adds p95 ~50 ms there, ~4 ms when not saturated.
 
 What bounds a loss, and why (issue 11):
 

@@ -3,14 +3,14 @@
 Why (issue 14; profiles in POC-1/FINDINGS.md §3): group commit makes batches small when the gateway is
 not saturated — often one call — so what a *transaction* costs the gateway's process matters as much as
 what a row costs. The INSERT path through SQLAlchemy took ~110 µs of CPU per row (parameters compiled
-per row, JSON serialised, then quoted) plus six round trips per batch (pre-ping, BEGIN, two INSERTs,
-the failure upgrade check, COMMIT); on a saturated gateway every round trip also waits for the GIL, up
+per row, JSON serialised, then quoted) plus five round trips per batch (pre-ping, BEGIN, two INSERTs,
+COMMIT); on a saturated gateway every round trip also waits for the GIL, up
 to the interpreter's 5 ms switch interval, behind LiteLLM's event loop. Here a batch is one statement,
 sent in autocommit (a single statement is atomic by itself): the rows as one ``VALUES`` list quoted by
 psycopg2's C code, inserted into ``requests`` with ``ON CONFLICT (request_id) DO NOTHING``, and the
 responses of exactly the rows inserted, joined on the request id, by the same statement (a data-modifying
 CTE). So a replay never duplicates, a request row never exists without its response row, and the batch
-costs the pool's pre-ping and one round trip.
+costs one round trip (the logger's engine has no pre-ping: ``Batches._insert``).
 
 Calls already logged that this batch's records would upgrade (a retried call's success after its failure)
 are left to ``database.insert_rows``, which does that in a transaction of its own; ``insert_batch`` calls
@@ -111,22 +111,31 @@ def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]
     except DBAPIError:
         raise
     except Exception as exc:
-        driver_error = type(raw).__module__.split(".")[0]
-        if type(exc).__module__.split(".")[0] != driver_error:
-            raise  # ours (a value that cannot be sent): the writer treats it as a row error
-        # as SQLAlchemy does for its own statements: a broken connection is invalidated and said so, so
-        # the writer takes it for an outage (spool, reconnect), never for a bad row
-        gone = bool(conn.dialect.is_disconnect(exc, raw, None))
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(STATEMENT, None, exc, _base_error(exc), connection_invalidated=gone,
-                                  dialect=conn.dialect) from exc
+        error = driver_error(conn, exc, STATEMENT)
+        if error is exc:
+            raise
+        raise error from exc
     inserted_pks = {pk for (pk,) in ids}
     if len(inserted_pks) == len(records):
         return set(chosen)
     with raw.cursor() as cur:  # rare: which ones were logged already (a replay, a retried call)
         cur.execute(f"SELECT request_id FROM {Request.__tablename__} WHERE id = ANY(%s)", (list(inserted_pks),))
         return {rid for (rid,) in cur.fetchall()}
+
+
+def driver_error(conn: Connection, exc: Exception, statement: str) -> Exception:
+    """The driver's error as SQLAlchemy raises it for its own statements: its ``DBAPIError`` kind, and a
+    broken connection invalidated and said so, so the writer takes it for an outage (spool, reconnect),
+    never for a bad row. An error that is not the driver's (a value that cannot be sent) stays as it is:
+    the writer treats it as a row error."""
+    raw = _dbapi(conn)
+    if type(exc).__module__.split(".")[0] != type(raw).__module__.split(".")[0]:
+        return exc
+    gone = bool(conn.dialect.is_disconnect(exc, raw, None))
+    if gone:
+        conn.invalidate(exc)
+    return DBAPIError.instance(statement, None, exc, _base_error(exc), connection_invalidated=gone,
+                               dialect=conn.dialect)
 
 
 def _base_error(exc: BaseException) -> type[BaseException]:

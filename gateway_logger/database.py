@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, StatementError
 
 import db_init
-from gateway_logger import bulk
+from gateway_logger import bulk, copying
 from gateway_logger.rows import FAILED_FROM, Written, outcome_per_call, succeeded, utc_datetime
 
 Request, Response = db_init.Request, db_init.Response
@@ -56,10 +56,20 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
 
 
 def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: int = 0) -> Written:
-    """Both tables in one statement and one round trip (``bulk``); records of calls already logged that
+    """Both tables in one statement and one round trip (``bulk``), or with COPY for a batch of at least
+    ``copying.COPY_FROM`` calls that meets no row already logged; records of calls already logged that
     would upgrade a failure to a success, the INSERT path's way (``insert_rows``). ``test_delay_ms``: TEST
     ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep before the write."""
     chosen = outcome_per_call(records)
+    if len(chosen) >= copying.COPY_FROM:  # a backlog: the rows cost more than the round trips
+        try:
+            copied = _copy(engine, records, chosen, test_delay_ms)
+        except DBAPIError as exc:
+            if not copying.is_duplicate(exc):
+                raise
+        else:
+            if copied is not None:
+                return copied
     with engine.connect() as conn:
         inserted = None
         if bulk.usable(conn):
@@ -75,6 +85,20 @@ def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: i
     more = insert_rows(engine, list(upgrades.values()), upgrades)
     done = len(inserted) + more.inserted + more.replaced
     return Written(len(inserted) + more.inserted, more.replaced, len(records) - done)
+
+
+def _copy(engine: Engine, records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
+          test_delay_ms: int) -> Written | None:
+    """``copying.copy_batch`` in a transaction (of its own, also on the logger's autocommit engine); None
+    if the driver cannot COPY."""
+    with engine.connect() as conn:
+        if not copying.usable(conn):
+            return None
+        conn.execution_options(isolation_level="READ COMMITTED")  # back to the engine's at check-in
+        with conn.begin():
+            _test_delay(test_delay_ms)
+            inserted = copying.copy_batch(conn, chosen)
+    return Written(inserted, 0, len(records) - inserted)
 
 
 def _test_delay(test_delay_ms: int) -> None:

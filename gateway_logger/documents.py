@@ -79,7 +79,7 @@ def jsonable(obj: Any, depth: int = 0, size: list[int] | None = None) -> Any:
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 #: a key of SECRET_KEYS anywhere in a document's JSON text (on the lowered text when it is not ASCII:
 #: ``str.lower`` folds a few non-ASCII letters to ASCII ones, as ``jsonable``'s comparison does)
-_SECRET_KEY_RE = re.compile("\"(?:" + "|".join(re.escape(k) for k in sorted(SECRET_KEYS)) + ')"\\s*:', re.I)
+_SECRET_KEY_RE = re.compile("\"(?:" + "|".join(re.escape(k) for k in sorted(SECRET_KEYS)) + ')"\\s*:', re.IGNORECASE)
 
 
 def storable(obj: Any, size: list[int]) -> Any:

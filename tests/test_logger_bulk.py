@@ -15,7 +15,7 @@ from sqlalchemy.exc import DataError, DBAPIError
 
 import db_init
 import gateway_logger
-from gateway_logger import bulk
+from gateway_logger import bulk, copying
 from gateway_logger.database import insert_batch, insert_rows, is_row_error
 from gateway_logger.documents import jsonable, storable
 from gateway_logger.rows import outcome_per_call
@@ -51,10 +51,11 @@ def log_url(fresh_db: str) -> str:
     return fresh_db
 
 
-def test_one_statement_stores_exactly_what_the_insert_path_stores(log_url: str) -> None:
+@pytest.mark.parametrize("size", [3, copying.COPY_FROM], ids=["one statement", "COPY"])
+def test_the_fast_paths_store_exactly_what_the_insert_path_stores(log_url: str, size: int) -> None:
     engine = db_init.make_engine(log_url)
     try:
-        copied = [_record(NASTY), _record("plain"), _record(failed=True)]
+        copied = [_record(NASTY), _record("plain"), _record(failed=True)] + [_record(f"r{n}") for n in range(size - 3)]
         copied[1]["request"]["user_id"] = NASTY
         copied[1]["request"]["start_time"] = None
         copied[1]["response"]["content"] = None
@@ -62,13 +63,13 @@ def test_one_statement_stores_exactly_what_the_insert_path_stores(log_url: str) 
                      "response": dict(r["response"])} for r in copied]
         with engine.begin() as conn:
             assert bulk.usable(conn)
-        assert insert_batch(engine, copied).inserted == 3
-        assert insert_rows(engine, inserted, outcome_per_call(inserted)).inserted == 3
+        assert insert_batch(engine, copied).inserted == size
+        assert insert_rows(engine, inserted, outcome_per_call(inserted)).inserted == size
     finally:
         engine.dispose()
     a = _stored(log_url, [r["request"]["request_id"] for r in copied])
     b = _stored(log_url, [r["request"]["request_id"] for r in inserted])
-    assert len(a) == len(b) == 3
+    assert len(a) == len(b) == size
     for r in copied:
         rid = r["request"]["request_id"]
         assert a[rid][1:] == b[rid + "-i"][1:], rid
@@ -78,23 +79,26 @@ def test_one_statement_stores_exactly_what_the_insert_path_stores(log_url: str) 
     assert a[copied[1]["request"]["request_id"]][8] is None and a[copied[1]["request"]["request_id"]][11] is None
 
 
-def test_a_batch_meeting_rows_already_logged_writes_no_duplicate_and_upgrades_a_failure(log_url: str) -> None:
-    engine = db_init.make_engine(log_url)
+@pytest.mark.parametrize("size", [3, copying.COPY_FROM], ids=["one statement", "COPY"])
+def test_a_batch_meeting_rows_already_logged_writes_no_duplicate_and_upgrades_a_failure(
+        log_url: str, size: int) -> None:
+    engine = db_init.make_engine(log_url, isolation_level="AUTOCOMMIT", pool_pre_ping=False)  # the logger's
     try:
         failed_first = _record(failed=True)
         rid = failed_first["request"]["request_id"]
         success = _record("retried", request_id=rid)
-        batch = [_record("a"), _record("b")]
-        assert insert_batch(engine, batch + [failed_first]).inserted == 3
+        batch = [_record(f"b{n}") for n in range(size - 1)]
+        assert insert_batch(engine, batch + [failed_first]).inserted == size
         # a replay of the whole batch (a segment written, then the process killed before it was deleted)
-        assert insert_batch(engine, batch + [failed_first]) == (0, 0, 3)
-        # the success of the retried call replaces its failure; a new row in the same batch is written
-        fresh = _record("c")
-        assert insert_batch(engine, [success, fresh]) == (1, 1, 0)
+        assert insert_batch(engine, batch + [failed_first]) == (0, 0, size)
+        # the success of the retried call replaces its failure; the new rows of the same batch are written
+        fresh = [_record(f"c{n}") for n in range(size - 1)]
+        assert insert_batch(engine, [success, *fresh]) == (size - 1, 1, 0)
     finally:
         engine.dispose()
-    stored = _stored(log_url, [rid, fresh["request"]["request_id"], *(r["request"]["request_id"] for r in batch)])
-    assert len(stored) == 4 and stored[rid][5] == 200  # one response row per request, the success's
+    ids = [rid, *(r["request"]["request_id"] for r in fresh + batch)]
+    stored = _stored(log_url, ids)
+    assert len(stored) == 2 * size - 1 and stored[rid][5] == 200  # one response row per request
 
 
 def test_a_value_postgresql_rejects_is_a_row_error_not_an_outage(log_url: str) -> None:
@@ -138,7 +142,8 @@ def test_storable_returns_a_json_native_document_itself_and_never_lets_a_secret_
     assert masked == {"x": {"X-Api-Key": "***"}}
 
 
-def test_a_connection_killed_under_the_write_is_an_outage_not_a_bad_row(log_url: str) -> None:
+@pytest.mark.parametrize("path", ["one statement", "COPY"])
+def test_a_connection_killed_under_the_write_is_an_outage_not_a_bad_row(log_url: str, path: str) -> None:
     """PostgreSQL ends the session mid-batch (a restart, a failover): the error must say the connection is
     gone (the writer then spools and reconnects); taken for a row error, the batch would be split and its
     rows stored without their documents."""
@@ -150,7 +155,12 @@ def test_a_connection_killed_under_the_write_is_an_outage_not_a_bad_row(log_url:
             with killer.begin() as other:
                 other.exec_driver_sql(f"SELECT pg_terminate_backend({victim})")
             try:
-                bulk.write_batch(conn.execution_options(isolation_level="AUTOCOMMIT"), outcome_per_call([_record()]))
+                if path == "COPY":
+                    with conn.begin():
+                        copying.copy_batch(conn, outcome_per_call([_record()]))
+                else:
+                    bulk.write_batch(conn.execution_options(isolation_level="AUTOCOMMIT"),
+                                     outcome_per_call([_record()]))
             except DBAPIError as exc:  # what copy_batch itself raises (the rollback's error would follow it)
                 raised.append(exc)
                 raise
@@ -181,7 +191,7 @@ def test_the_upgrade_path_is_one_transaction_even_on_an_autocommit_engine(log_ur
     reader.dispose()
 
 
-def test_a_pooled_connection_the_server_closed_is_replaced_without_spooling(log_url: str, tmp_path) -> None:  # noqa: ANN001
+def test_a_pooled_connection_the_server_closed_is_replaced_without_spooling(log_url: str, tmp_path) -> None:
     """No pre-ping: the first write on a connection the server ended meanwhile (a restart) fails as a
     broken connection, and the writer sends the batch again on a new one — no outage said, nothing spooled."""
     w = gateway_logger.Writer(gateway_logger.Settings(spool_dir=str(tmp_path), metrics_port=None), url=log_url).start()

@@ -16,6 +16,18 @@ RESULTS: dict[str, dict[str, Any]] = {}
 GOALS: list[tuple[str, str, str, bool | str]] = []
 
 
+@pytest.fixture(scope="module")
+def bench_db(pg: Any) -> str:
+    """A log database with the schema, one per benchmark module (on the session's ``pg``)."""
+    import uuid
+
+    import db_init
+
+    url = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+    db_init.create(url)
+    return url
+
+
 @pytest.fixture(scope="session")
 def bench_results() -> dict[str, dict[str, Any]]:
     return RESULTS

@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from sqlalchemy import select
 
 import db_init
 from tests.support.gateway import CONFIG, MODEL, Gateway
-from tests.support.pgserver import PgServer
 
 CLIENTS = 16
 SATURATE_S = 6.0
@@ -60,19 +58,12 @@ def _config(directory: Path, callbacks: str | None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cost_db(pg: PgServer) -> str:
-    url = pg.create_database(f"cost_{uuid.uuid4().hex[:8]}")
-    db_init.create(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-def arms(cost_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
+def arms(bench_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
     made: dict[str, Gateway] = {}
     try:
         for arm in ARMS:
             directory = tmp_path_factory.mktemp(f"arm-{arm}")
-            gw = Gateway(cost_db)
+            gw = Gateway(bench_db)
             if arm == "none":
                 gw.config = _config(directory, None)
             elif arm == "noop":
@@ -180,29 +171,26 @@ def _lag_figures(lags: list[float]) -> dict[str, float]:
     return {f"p{p}": round(_pct(lags, p), 1) for p in (50, 95, 99)} | {"n": len(lags)}
 
 
-def _histograms(gw: Gateway) -> dict[str, dict[float, float]]:
-    """The logger's two lag histograms (cumulative bucket counts by upper bound) from its metrics port."""
+def _metrics(gw: Gateway) -> dict[str, Any]:
+    """The logger's metric families from its metrics port, by name."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=10).text
-    out: dict[str, dict[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name in ("gateway_logger_handover_seconds", "gateway_logger_write_lag_seconds"):
-            out[family.name] = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
-    return out
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def _histograms(gw: Gateway) -> dict[str, dict[float, float]]:
+    """The logger's two lag histograms (cumulative bucket counts by upper bound)."""
+    return {name: {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
+            for name, family in _metrics(gw).items()
+            if name in ("gateway_logger_handover_seconds", "gateway_logger_write_lag_seconds")}
 
 
 def _writer_cpu_s(gw: Gateway) -> float | None:
-    """The logger's ``writer_cpu_seconds`` gauge (its writer thread's CPU) from its metrics port."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "gateway_logger_writer_cpu_seconds":
-            return float(family.samples[0].value)
-    return None
+    """The logger's ``writer_cpu_seconds`` gauge (its writer thread's CPU)."""
+    family = _metrics(gw).get("gateway_logger_writer_cpu_seconds")
+    return float(family.samples[0].value) if family is not None else None
 
 
 def _quantile_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -239,7 +227,7 @@ def _met(value: float, goal: float, noise: float) -> bool | str:
     return True if value >= goal else "within noise" if value >= goal - noise else False
 
 
-def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], cost_db: str, bench_results: dict,
+def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], bench_db: str, bench_results: dict,
                                               bench_goals: list) -> None:
     for gw in arms.values():  # warm-up: imports, pools, the first rows
         asyncio.run(_saturate(gw, 2.0))
@@ -283,16 +271,16 @@ def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], cost_db
         figures["logger writer thread CPU ms per request (median)"] = round(statistics.median(writer_ms), 3)
         figures["writer's share of the logger proxy's CPU (median)"] = round(share, 4)
 
-    lag = {f"saturated ({CLIENTS} clients)": _lags_ms(cost_db, saturated)}
+    lag = {f"saturated ({CLIENTS} clients)": _lags_ms(bench_db, saturated)}
     before = _histograms(arms["logger"])
     eight = asyncio.run(_saturate(arms["logger"], SATURATE_S * 2, clients=8))
-    lag["concurrency 8"] = _lags_ms(cost_db, eight)
+    lag["concurrency 8"] = _lags_ms(bench_db, eight)
     after = _histograms(arms["logger"])
     split = {f"{part} p{int(q * 100)} ms": round(v, 1) if (v := _quantile_ms(before.get(f"gateway_logger_{part}_seconds", {}),
                                                                            after.get(f"gateway_logger_{part}_seconds", {}), q)) is not None else None
              for part in ("handover", "write_lag") for q in (0.5, 0.95)}
     for rate, seconds in ((1.0, 40.0), (10.0, 20.0)):
-        lag[f"{rate:g} request/s"] = _lags_ms(cost_db, asyncio.run(_open_loop(arms["logger"], rate, seconds)))
+        lag[f"{rate:g} request/s"] = _lags_ms(bench_db, asyncio.run(_open_loop(arms["logger"], rate, seconds)))
     for name, lags in lag.items():
         figures[f"durability lag ms at {name}"] = _lag_figures(lags)
     figures["at concurrency 8, the lag's parts (the logger's histograms): LiteLLM's hand-over, the logger's write"] = split

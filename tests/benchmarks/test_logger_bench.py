@@ -31,7 +31,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 import db_init
 import gateway_logger
 from tests.support.gateway import Gateway, litellm_call, logged_rows
-from tests.support.pgserver import PgServer
 
 PER_VARIANT = 500
 BLOCK = 10
@@ -48,13 +47,6 @@ def _pct(xs: list[float], p: float) -> float:
 
 def _ms(x: float) -> float:
     return round(x * 1000, 3)
-
-
-@pytest.fixture(scope="module")
-def bench_db(pg: PgServer) -> str:
-    url = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
-    db_init.create(url)
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def _target():
     return load_target(ROOT / "hosts.yml", "local")
 
 
-def open_loop(seconds: float, action_at: float | None = None, action=None) -> tuple[list[Answer], float]:  # noqa: ANN001
+def open_loop(seconds: float, action_at: float | None = None, action=None) -> tuple[list[Answer], float]:
     """RATE requests per second for ``seconds`` (each on its own schedule), ``action`` at ``action_at``."""
     target = _target()
     url = f"{target.vars['gateway_url']}/v1/chat/completions"
@@ -102,7 +102,7 @@ def _report(name: str, answered: list[Answer], found: set[str]) -> None:
     print(f"\n{name}: answered {len(answered)}, kept {len(found)}, lost {len(answered) - len(found)}")
 
 
-def test_sigkill_with_the_database_up_loses_only_the_last_moments(embedded_lab) -> None:  # noqa: ANN001
+def test_sigkill_with_the_database_up_loses_only_the_last_moments(embedded_lab) -> None:
     wait_gateway_answers()
     open_loop(1.0)  # warm both workers up: a gateway fresh from a restart answers its first calls slowly
     try:
@@ -119,7 +119,7 @@ def test_sigkill_with_the_database_up_loses_only_the_last_moments(embedded_lab) 
     assert not late, f"{len(late)} rows lost of calls answered more than {WINDOW_S} s before the kill"
 
 
-def test_sigkill_with_the_database_stopped_keeps_99_percent(embedded_lab) -> None:  # noqa: ANN001
+def test_sigkill_with_the_database_stopped_keeps_99_percent(embedded_lab) -> None:
     wait_gateway_answers()
     lab_sh("db", "systemctl stop postgresql@15-main")
     try:
@@ -136,7 +136,7 @@ def test_sigkill_with_the_database_stopped_keeps_99_percent(embedded_lab) -> Non
     assert len(ok) >= 40 and len(found) >= 0.99 * len(ok), (len(found), len(ok))
 
 
-def test_restart_during_an_outage_keeps_every_answered_call(embedded_lab) -> None:  # noqa: ANN001
+def test_restart_during_an_outage_keeps_every_answered_call(embedded_lab) -> None:
     wait_gateway_answers()
     lab_sh("db", "systemctl stop postgresql@15-main")
     try:

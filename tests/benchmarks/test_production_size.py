@@ -58,7 +58,7 @@ def fill(rows: int) -> dict[str, float]:
             "analyze s": round(time.monotonic() - t2, 1)}
 
 
-def test_every_check_but_6_takes_at_most_2_s_at_production_size(tmp_path: Path, embedded_lab,  # noqa: ANN001
+def test_every_check_but_6_takes_at_most_2_s_at_production_size(tmp_path: Path, embedded_lab,
                                                                   bench_results: dict[str, Any]) -> None:
     psql("TRUNCATE requests, responses")
     try:
