@@ -228,3 +228,45 @@ def test_one_row_per_transaction_writer(bench_db: str, benchmark: Any, bench_res
     bench_results["writer: one row per transaction (baseline)"] = figures
     benchmark.extra_info.update(figures)
     assert len(logged_rows(bench_db, [r["request"]["request_id"] for r in records])) == BASELINE_ROWS
+
+
+def test_server_floor_copy_of_prepared_text(bench_db: str, bench_results: dict, bench_goals: list) -> None:
+    """What no writer can beat on this machine: both tables COPY'd from text prepared before the clock
+    starts (500 calls per transaction, one connection, no Python per row in the timed part)."""
+    import io
+
+    from gateway_logger import copying
+
+    calls, per_tx = 50_000, 500
+    records = [gateway_logger.normalize(gateway_logger.capture(
+        litellm_call(f"f-{uuid.uuid4()}", f"floor {n}", request_id=gateway_logger.calls.new_request_id()),
+        failed=False)) for n in range(calls)]
+    engine = db_init.make_engine(bench_db)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("SELECT nextval(pg_get_serial_sequence('requests', 'id')) FROM generate_series(1, %s)", (calls,))
+        ids = [pk for (pk,) in cur.fetchall()]
+        raw.commit()
+        texts = []
+        for i in range(0, calls, per_tx):
+            pairs = list(zip(records[i:i + per_tx], ids[i:i + per_tx]))
+            texts.append((copying._stream([dict(r["request"], id=pk) for r, pk in pairs], copying.REQUEST_FORMATS).getvalue(),
+                          copying._stream([dict(r["response"], request_id_fk=pk) for r, pk in pairs],
+                                          copying.RESPONSE_FORMATS).getvalue()))
+        columns = [", ".join(c for c, _ in f) for f in (copying.REQUEST_FORMATS, copying.RESPONSE_FORMATS)]
+        t0 = time.perf_counter()
+        for req_text, resp_text in texts:
+            cur.copy_expert(f"COPY requests ({columns[0]}) FROM STDIN", io.StringIO(req_text), size=1 << 20)
+            cur.copy_expert(f"COPY responses ({columns[1]}) FROM STDIN", io.StringIO(resp_text), size=1 << 20)
+            raw.commit()
+        wall = time.perf_counter() - t0
+    finally:
+        raw.close()
+        engine.dispose()
+    assert len(logged_rows(bench_db, [r["request"]["request_id"] for r in records[:1000]])) == 1000
+    rate = calls / wall
+    bench_results["server floor: COPY of prepared text (no writer)"] = {
+        "calls": calls, "seconds": round(wall, 2), "calls/s": round(rate), "server us per call": round(wall / calls * 1e6, 1)}
+    bench_goals.append(("(context) the server's floor: both tables COPY'd from prepared text, one connection",
+                        f"{rate:,.0f} calls/s", "(none)", "-"))
