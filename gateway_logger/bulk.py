@@ -20,30 +20,26 @@ statements.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 import db_init
+from gateway_logger.documents import compact_json
+from gateway_logger.rows import utc_datetime
 
 Request, Response = db_init.Request, db_init.Response
 
 #: the columns the logger fills, and the SQL type of each value in the VALUES list
 REQUEST_COLUMNS = {"request_id": "text", "call_id": "text", "route": "text", "model": "text", "payload": "jsonb",
                    "status_code": "integer", "user_id": "text", "api_key": "text",
-                   "start_time": "double precision", "end_time": "double precision"}
+                   "start_time": "timestamptz", "end_time": "timestamptz"}
 RESPONSE_COLUMNS = {"latency_ms": "integer", "content": "jsonb", "prompt_tokens": "integer",
                     "completion_tokens": "integer", "total_tokens": "integer", "cost": "text",
                     "response_model": "text"}
 DOCUMENTS = frozenset({"payload", "content"})
 TIMES = frozenset({"start_time", "end_time"})  # epoch seconds in the record, timestamptz in the table
-
-
-def _value_sql(table: str, column: str) -> str:
-    """How the statement takes a VALUES column into its table's column."""
-    return f"to_timestamp(v.{column})" if column in TIMES else f"v.{column}"
 
 
 def _statement() -> str:
@@ -52,11 +48,13 @@ def _statement() -> str:
     return (
         f"WITH v ({', '.join(columns)}) AS (VALUES %s), "
         f"ins AS (INSERT INTO {req} ({', '.join(REQUEST_COLUMNS)}) "
-        f"SELECT {', '.join(_value_sql(req, c) for c in REQUEST_COLUMNS)} FROM v "
-        f"ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id) "
-        f"INSERT INTO {resp} (request_id_fk, {', '.join(RESPONSE_COLUMNS)}) "
-        f"SELECT ins.id, {', '.join(_value_sql(resp, c) for c in RESPONSE_COLUMNS)} "
-        f"FROM ins JOIN v ON v.request_id = ins.request_id RETURNING request_id_fk")
+        f"SELECT {', '.join(f'v.{c}' for c in REQUEST_COLUMNS)} FROM v "
+        f"ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id), "
+        f"resp AS (INSERT INTO {resp} (request_id_fk, {', '.join(RESPONSE_COLUMNS)}) "
+        f"SELECT ins.id, {', '.join(f'v.{c}' for c in RESPONSE_COLUMNS)} "
+        f"FROM ins JOIN v ON v.request_id = ins.request_id) "
+        # a data-modifying CTE runs to completion whether or not the query reads it
+        f"SELECT request_id FROM ins")
 
 
 #: the statement, split where the VALUES list goes (built once: it does not depend on the batch)
@@ -64,7 +62,6 @@ STATEMENT = _statement()
 STATEMENT_HEAD, STATEMENT_TAIL = (part.encode() for part in STATEMENT.split("%s"))
 #: one row of the VALUES list: typed placeholders (a column of NULLs would otherwise be text)
 TEMPLATE = "(" + ", ".join(f"%s::{t}" for t in (*REQUEST_COLUMNS.values(), *RESPONSE_COLUMNS.values())) + ")"
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _row(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -74,9 +71,9 @@ def _row(record: dict[str, Any]) -> tuple[Any, ...]:
         for c in columns:
             v = part.get(c)
             if c in DOCUMENTS:
-                v = _dumps(v)  # JSON null for None, as SQLAlchemy's JSON type stores it
-            elif c in TIMES and not (type(v) is float or type(v) is int):
-                v = None  # as the INSERT path's ``rows.utc_datetime``
+                v = compact_json(v)  # JSON null for None, as SQLAlchemy's JSON type stores it
+            elif c in TIMES:
+                v = utc_datetime(v)  # as the INSERT path: the same microsecond as Python rounds it
             values.append(v)
     if values[1] is None:
         values[1] = values[0]  # spooled before migration 0002: request_id = call id
@@ -84,8 +81,9 @@ def _row(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def usable(conn: Connection) -> bool:
-    """One statement needs psycopg2's cursor (the project's driver); other drivers take the INSERT path."""
-    return hasattr(_dbapi(conn).cursor(), "mogrify")
+    """The fast paths (this one statement, and COPY in ``copying``) need psycopg2, the project's driver;
+    another driver takes the INSERT path."""
+    return type(_dbapi(conn)).__module__.split(".")[0] == "psycopg2"
 
 
 def autocommit(conn: Connection) -> bool:
@@ -107,7 +105,7 @@ def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]
         with raw.cursor() as cur:
             values = b",".join([cur.mogrify(TEMPLATE, _row(r)) for r in records])  # psycopg2's C quoting
             cur.execute(STATEMENT_HEAD + values + STATEMENT_TAIL)
-            ids = cur.fetchall()
+            return {rid for (rid,) in cur.fetchall()}
     except DBAPIError:
         raise
     except Exception as exc:
@@ -115,12 +113,6 @@ def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]
         if error is exc:
             raise
         raise error from exc
-    inserted_pks = {pk for (pk,) in ids}
-    if len(inserted_pks) == len(records):
-        return set(chosen)
-    with raw.cursor() as cur:  # rare: which ones were logged already (a replay, a retried call)
-        cur.execute(f"SELECT request_id FROM {Request.__tablename__} WHERE id = ANY(%s)", (list(inserted_pks),))
-        return {rid for (rid,) in cur.fetchall()}
 
 
 def driver_error(conn: Connection, exc: Exception, statement: str) -> Exception:

@@ -13,7 +13,6 @@ the one statement instead, which skips duplicates (and hands upgrades to ``inser
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 import db_init
-from gateway_logger.bulk import driver_error
+from gateway_logger.bulk import DOCUMENTS, TIMES, _dbapi, driver_error
+from gateway_logger.documents import compact_json
 
 Request, Response = db_init.Request, db_init.Response
 
@@ -33,20 +33,9 @@ REQUEST_COLUMNS = ("id", "request_id", "call_id", "route", "model", "payload", "
                    "api_key", "start_time", "end_time")
 RESPONSE_COLUMNS = ("request_id_fk", "latency_ms", "content", "prompt_tokens", "completion_tokens",
                     "total_tokens", "cost", "response_model")
-DOCUMENTS = frozenset({"payload", "content"})
-TIMES = frozenset({"start_time", "end_time"})
 #: SQLSTATE unique_violation: the batch meets rows already logged
 UNIQUE_VIOLATION = "23505"
 NULL = "\\N"
-
-
-def usable(conn: Connection) -> bool:
-    """COPY needs psycopg2's ``copy_expert`` (the project's driver)."""
-    return hasattr(_dbapi(conn).cursor(), "copy_expert")
-
-
-def _dbapi(conn: Connection) -> Any:
-    return conn.connection.dbapi_connection
 
 
 def _text(value: str) -> str:
@@ -58,11 +47,10 @@ def _text(value: str) -> str:
     return value
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _document(value: Any) -> str:
-    return _text(_dumps(value))  # JSON null for None, as SQLAlchemy's JSON type stores it
+    return _text(compact_json(value))  # JSON null for None, as SQLAlchemy's JSON type stores it
 
 
 def _time(value: Any) -> str:

@@ -92,7 +92,7 @@ def _copy(engine: Engine, records: list[dict[str, Any]], chosen: dict[str, dict[
     """``copying.copy_batch`` in a transaction (of its own, also on the logger's autocommit engine); None
     if the driver cannot COPY."""
     with engine.connect() as conn:
-        if not copying.usable(conn):
+        if not bulk.usable(conn):
             return None
         conn.execution_options(isolation_level="READ COMMITTED")  # back to the engine's at check-in
         with conn.begin():

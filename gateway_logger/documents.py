@@ -76,7 +76,8 @@ def jsonable(obj: Any, depth: int = 0, size: list[int] | None = None) -> Any:
     return jsonable(str(obj), depth, size)
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+#: compact JSON text of a storable document (NaN refused): the check in ``storable`` and the writers' text
+compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 #: a key of SECRET_KEYS anywhere in a document's JSON text (on the lowered text when it is not ASCII:
 #: ``str.lower`` folds a few non-ASCII letters to ASCII ones, as ``jsonable``'s comparison does)
 _SECRET_KEY_RE = re.compile("\"(?:" + "|".join(re.escape(k) for k in sorted(SECRET_KEYS)) + ')"\\s*:', re.IGNORECASE)
@@ -89,7 +90,7 @@ def storable(obj: Any, size: list[int]) -> Any:
     takes the copying walk. Why: the walk cost ~50 µs of the gateway's CPU per call (cProfile, issue 14); the
     encoder pass costs a few. The caller must not change the returned document (it may be LiteLLM's own)."""
     try:
-        text = _dumps(obj)
+        text = compact_json(obj)
     except (TypeError, ValueError, RecursionError):
         return jsonable(obj, size=size)
     if text.isascii():
