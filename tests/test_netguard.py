@@ -10,6 +10,9 @@ from tests.support import netguard
 
 @pytest.mark.parametrize("host", ["192.168.10.18", "192.168.10.19", "8.8.8.8", "10.0.0.1", "::ffff:192.168.10.18"])
 def test_forbidden_addresses_are_refused_before_any_packet(host: str) -> None:
+    # without the guard the connect below would dial the address: fail first instead
+    assert getattr(socket.socket, "_poc1_guarded", False), "the network guard is not installed"
+    assert not netguard.allowed(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s, pytest.raises(netguard.ForbiddenAddress, match=host):
         s.connect((host, 22))
