@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -25,7 +24,10 @@ import yaml
 from sqlalchemy import select
 
 import db_init
+from acceptance.overhead_stats import percentiles
 from tests.support.gateway import CONFIG, MODEL, Gateway
+from tests.support.proc import cpu_seconds, memory_mib
+from tools.polling import poll_until
 
 CLIENTS = 16
 SATURATE_S = 6.0
@@ -36,13 +38,6 @@ from litellm.integrations.custom_logger import CustomLogger
 
 instance = CustomLogger()
 '''
-
-
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def _config(directory: Path, callbacks: str | None) -> Path:
@@ -147,28 +142,29 @@ async def _open_loop(gw: Gateway, rate: float, seconds: float) -> Load:
 def _lags_ms(db_url: str, load: Load, wait_s: float = 10.0) -> list[float]:
     """answer -> created_at of each answered request's row, in ms (waits for the rows to be written)."""
     answered = {rid: at for at, rid in load.answered if rid}
+    ids = list(answered)
     engine = db_init.make_engine(db_url)
+
+    def stored() -> dict[str, float]:
+        found: dict[str, float] = {}
+        with engine.connect() as conn:
+            for i in range(0, len(ids), 5000):
+                rows = conn.execute(select(db_init.Request.request_id, db_init.Request.created_at)
+                                    .where(db_init.Request.request_id.in_(ids[i:i + 5000])))
+                found.update((rid, created.timestamp()) for rid, created in rows)
+        return found
+
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            found: dict[str, float] = {}
-            ids = list(answered)
-            with engine.connect() as conn:
-                for i in range(0, len(ids), 5000):
-                    rows = conn.execute(select(db_init.Request.request_id, db_init.Request.created_at)
-                                        .where(db_init.Request.request_id.in_(ids[i:i + 5000])))
-                    found.update((rid, created.timestamp()) for rid, created in rows)
-            if len(found) == len(answered) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        _, found = poll_until(stored, lambda got: len(got) == len(answered), timeout=wait_s)
     finally:
         engine.dispose()
     assert len(found) == len(answered), f"{len(answered) - len(found)} answered requests have no row"
     return [(found[rid] - at) * 1000 for rid, at in answered.items()]
 
 
-def _lag_figures(lags: list[float]) -> dict[str, float]:
-    return {f"p{p}": round(_pct(lags, p), 1) for p in (50, 95, 99)} | {"n": len(lags)}
+def _lag_figures(lags: list[float]) -> dict[str, float | int | None]:
+    figures = percentiles(lags)
+    return {k: figures[k] for k in ("p50", "p95", "p99", "n")}
 
 
 def _metrics(gw: Gateway) -> dict[str, Any]:
@@ -210,16 +206,9 @@ def _quantile_ms(before: dict[float, float], after: dict[float, float], q: float
 
 
 def _cpu_s(gw: Gateway) -> float:
-    """CPU seconds (user + system, all threads) the proxy process has used, from /proc."""
+    """CPU seconds (user + system, all threads) the proxy process has used."""
     assert gw.proxy is not None
-    fields = Path(f"/proc/{gw.proxy.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mib(gw: Gateway) -> dict[str, float]:
-    assert gw.proxy is not None
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{gw.proxy.pid}/status").read_text().splitlines())
-    return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+    return cpu_seconds(f"/proc/{gw.proxy.pid}/stat")
 
 
 def _met(value: float, goal: float, noise: float) -> bool | str:
@@ -285,7 +274,7 @@ def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], bench_d
         figures[f"durability lag ms at {name}"] = _lag_figures(lags)
     figures["at concurrency 8, the lag's parts (the logger's histograms): LiteLLM's hand-over, the logger's write"] = split
     for arm, gw in arms.items():
-        figures[f"{arm} proxy memory MiB"] = _rss_mib(gw)
+        figures[f"{arm} proxy memory MiB"] = memory_mib(gw.proxy.pid)
     bench_results[f"saturated gateway ({CLIENTS} clients, {ROUNDS} rounds x {SATURATE_S:g} s per arm)"] = figures
 
     capacity = statistics.median(ratio["logger / noop"])
@@ -297,11 +286,11 @@ def test_saturated_capacity_and_durability_lag(arms: dict[str, Gateway], bench_d
     if share is not None:
         bench_goals.append(("gateway capacity by accounting: 1 - the writer thread's share of the proxy's CPU "
                             "(saturated)", f"{1 - share:.3f}", ">= 0.97", 1 - share >= 0.97))
-    one = _pct(lag["1 request/s"], 95)
+    one = percentiles(lag["1 request/s"])["p95"]
     bench_goals.append(("durability lag p95, 1 request/s", f"{one:.1f} ms", "<= 20 ms", one <= 20))
-    ten = _pct(lag["10 request/s"], 95)
+    ten = percentiles(lag["10 request/s"])["p95"]
     bench_goals.append(("durability lag p95, 10 requests/s", f"{ten:.1f} ms", "<= 50 ms", ten <= 50))
-    eight95 = _pct(lag["concurrency 8"], 95)
+    eight95 = percentiles(lag["concurrency 8"])["p95"]
     bench_goals.append(("durability lag p95, concurrency 8 (saturated)", f"{eight95:.1f} ms (LiteLLM's hand-over "
                         f"p95 {split['handover p95 ms']} ms, the logger's write p95 {split['write_lag p95 ms']} ms)",
                         "<= 50 ms", eight95 <= 50))

@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 import db_init
 import gateway_logger
 from tests.support.gateway import Gateway, litellm_call, logged_rows
+from tests.support.proc import cpu_seconds
 
 PER_VARIANT = 500
 BLOCK = 10
@@ -151,9 +152,8 @@ def _settings(tmp_path: Path) -> gateway_logger.Settings:
 
 
 def _thread_cpu_s(thread: Any) -> float:
-    """CPU seconds (user + system) one thread of this process has used, from /proc."""
-    fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) one thread of this process has used."""
+    return cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
 
 
 def test_writer_sustained_rows_per_second(bench_db: str, tmp_path: Path, benchmark: Any,
