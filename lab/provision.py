@@ -28,6 +28,11 @@ UseDNS no
 PG_CONF = f"""# poc1 lab: listen on the db host's own address only; passwords as SCRAM-SHA-256
 listen_addresses = '{DB.ip}'
 password_encryption = 'scram-sha-256'
+# reap the session of a client that vanished (its FIN lost in a partition): without keepalives such a
+# backend stays idle for good, holding a connection slot and showing in pg_stat_activity as the gateway's
+tcp_keepalives_idle = 10
+tcp_keepalives_interval = 5
+tcp_keepalives_count = 3
 """
 PG_TLS_CONF = f"""# poc1 lab: TLS with the lab's CA (lab/tls.py); `hostssl` in pg_hba.conf makes it required
 ssl = on

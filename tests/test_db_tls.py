@@ -17,6 +17,7 @@ import pytest
 from acceptance.check_db_tls import Session, judge, tls_version
 from lab import layout, provision, tls
 from tests.support.acceptance_run import run_suite
+from tools.polling import poll_until
 
 GW, DB_IP = layout.GATEWAY.ip, layout.DB.ip
 CLEAR_CAUSE = (r"^(\d+) of \1 litellm_user sessions? from 10\.231\.0\.18 (is|are) not encrypted "
@@ -186,3 +187,20 @@ def test_the_suite_reader_verifies_the_db_certificate(embedded_lab) -> None:  # 
                                                  "db_sslrootcert": "/etc/ssl/certs/ca-certificates.crt"})
     with pytest.raises(Unavailable, match="certificate verify failed"):
         database.open_reader(wrong_ca)
+
+
+@pytest.mark.lab
+def test_the_db_host_probes_idle_sessions_so_a_vanished_client_is_reaped(embedded_lab) -> None:  # noqa: ANN001
+    """A client whose FIN was lost in a partition (the link-down fault leaves one) would otherwise stay in
+    pg_stat_activity for good and be counted as the gateway's by the db_tls check: the db host's kernel
+    keeps a keepalive timer on every PostgreSQL session, as the lab's postgresql.conf asks (~25 s)."""
+    import lab
+
+    def idle_sessions() -> list[str]:  # a session sending at that instant shows its retransmit timer instead
+        out = lab.exec("db", ["ss", "-tnoH", "state", "established", "src", f"{DB_IP}:{layout.DB_PORT}"]).stdout
+        return [ln for ln in out.splitlines() if f"{GW}:" in ln and "timer:(keepalive," in ln]
+
+    settled, sessions = poll_until(idle_sessions, lambda found: len(found) >= 1, timeout=20, interval=0.5)
+    assert settled, "no idle session from the gateway on the db host within 20 s"
+    # PostgreSQL always asks for keepalives; without the setting the kernel's first probe is 2 h away ("120min")
+    assert all(re.search(r"timer:\(keepalive,[\d.]+m?s,", ln) for ln in sessions), sessions
