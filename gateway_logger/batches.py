@@ -4,12 +4,13 @@ rows; a single row is retried without its documents, then dead-lettered; rows th
 now raise ``Outage``. And ``_overflow``: rows to the spool, or counted as dropped."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 import db_init
@@ -38,17 +39,41 @@ class Batches:
     _down: Callable[..., None]
     _data_problem: Callable[[BaseException], bool]
     _state: str
+    _kept: Connection | None  #: the writer thread's connection (``_connection``)
 
     def _insert(self, records: list[dict[str, Any]]) -> Written:
-        """One batch; a pooled connection found broken (the server restarted since its last use: the
-        engine has no pre-ping) is replaced and the batch sent again once — a replay cannot duplicate."""
+        """One batch; a connection found broken (the server restarted since its last use: the engine has no
+        pre-ping) is replaced and the batch sent again once — a replay cannot duplicate."""
         assert self.engine is not None
         try:
-            return insert_batch(self.engine, records, self.settings.test_delay_ms)
+            return insert_batch(self.engine, records, self.settings.test_delay_ms, self._connection())
         except DBAPIError as exc:
+            if exc.connection_invalidated:
+                self._drop_connection()
             if not exc.connection_invalidated or self._state != "up":  # the watchdog declares a frozen server
                 raise
-        return insert_batch(self.engine, records, self.settings.test_delay_ms)
+        return insert_batch(self.engine, records, self.settings.test_delay_ms, self._connection())
+
+    def _connection(self) -> Connection:
+        """The writer thread's connection for the one-statement write, kept from batch to batch: a pool
+        checkout per batch (the checkout, its events and the reset at check-in) cost ~10-15 % of the
+        writer's CPU at saturation, where batches are small (POC-1/FINDINGS.md §3). Counted as a checkout
+        each time it is used, so the metrics' pool reuse still means "operations on a reused connection"."""
+        assert self.engine is not None
+        conn = self._kept
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._kept = self.engine.connect()  # a pool checkout: counted by the engine's event
+        else:
+            self.stats.add("pool_checkouts")
+        return conn
+
+    def _drop_connection(self) -> None:
+        """Give the kept connection back (an invalidated one is discarded by the pool): on an outage, and
+        when the writer stops. Only from the writer thread, which alone uses it."""
+        conn, self._kept = self._kept, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _overflow(self, records: list[dict[str, Any]], why: str, sync: bool = False) -> None:
         """To the spool (fsync'd now, or at once by the syncer); what it cannot take is dropped (counted,
@@ -82,6 +107,7 @@ class Batches:
             self._disarm()
             if not self._data_problem(exc):
                 self.stats.add("batch_failures")
+                self._drop_connection()
                 self._down(exc)
                 raise Outage(records) from exc
             if len(records) == 1:
@@ -111,6 +137,7 @@ class Batches:
             self._disarm()
             if not self._data_problem(again):
                 self.stats.add("batch_failures")
+                self._drop_connection()
                 self._down(again)
                 raise Outage([record]) from again
             self._dead_letter(record, db_init.one_line_cause(again, self.url))

@@ -2,12 +2,13 @@
 told apart (the rows' fault, or an outage), and the SQL of one batch transaction."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from typing import Any
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Connection, Engine, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, StatementError
 
@@ -55,11 +56,13 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
               "tcp_user_timeout": 20_000}
 
 
-def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: int = 0) -> Written:
+def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: int = 0,
+                 conn: Connection | None = None) -> Written:
     """Both tables in one statement and one round trip (``bulk``), or with COPY for a batch of at least
     ``copying.COPY_FROM`` calls that meets no row already logged; records of calls already logged that
-    would upgrade a failure to a success, the INSERT path's way (``insert_rows``). ``test_delay_ms``: TEST
-    ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep before the write."""
+    would upgrade a failure to a success, the INSERT path's way (``insert_rows``). ``conn``: a connection
+    the caller keeps for the one statement (the writer's, ``Batches._connection``), else one from the pool.
+    ``test_delay_ms``: TEST ONLY (``POC1_LOGGER_TEST_DELAY_MS``), a sleep before the write."""
     chosen = outcome_per_call(records)
     if len(chosen) >= copying.COPY_FROM:  # a backlog: the rows cost more than the round trips
         try:
@@ -70,13 +73,13 @@ def insert_batch(engine: Engine, records: list[dict[str, Any]], test_delay_ms: i
         else:
             if copied is not None:
                 return copied
-    with engine.connect() as conn:
+    with contextlib.nullcontext(conn) if conn is not None else engine.connect() as used:
         inserted = None
-        if bulk.usable(conn):
-            if not bulk.autocommit(conn):  # the logger's engine is; a tool's may not be
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if bulk.usable(used):
+            if not bulk.autocommit(used):  # the logger's engine is; a tool's may not be
+                used = used.execution_options(isolation_level="AUTOCOMMIT")
             _test_delay(test_delay_ms)
-            inserted = bulk.write_batch(conn, chosen)
+            inserted = bulk.write_batch(used, chosen)
     if inserted is None:
         return insert_rows(engine, records, chosen, test_delay_ms)
     upgrades = {rid: r for rid, r in chosen.items() if rid not in inserted and succeeded(r["request"])}

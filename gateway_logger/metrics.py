@@ -33,7 +33,8 @@ COUNTER_HELP = {
     "batches": "write transactions",
     "batch_failures": "write transactions that failed because the database was away",
     "batch_splits": "failing batches split in two because the database was there (poison input)",
-    "pool_checkouts": "connections taken from the SQLAlchemy pool (one per transaction or probe)",
+    "pool_checkouts": "connections taken for a database operation (a probe, a batch): from the SQLAlchemy "
+                      "pool, or the writer's own connection kept from batch to batch",
     "pool_connects": "new database connections opened by the pool (a checkout that could not reuse one)",
     "watchdog_fired": "database operations that ran past the write timeout and had their sockets closed",
     "connection_losses": "times the database connection was lost",

@@ -75,6 +75,7 @@ class Writer(Supervision, Spooling, Batches, Connection):
         self._deadline: float | None = None
         self._op_started: float | None = None
         self._raw_conns: dict[int, Any] = {}
+        self._kept: Any = None  # the writer thread's connection for its batches (Batches._connection)
         self._conns_lock = threading.Lock()
         self._state = "unknown"  # unknown -> up/down; "established" is said once, later "restored"
         self._state_lock = threading.Lock()  # the watchdog thread also declares the connection lost
@@ -197,6 +198,7 @@ class Writer(Supervision, Spooling, Batches, Connection):
         finally:
             self._ready.set()
         self._supervised("writer", self._turn)
+        self._drop_connection()
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 self.engine.dispose()

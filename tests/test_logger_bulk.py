@@ -215,3 +215,48 @@ def test_a_pooled_connection_the_server_closed_is_replaced_without_spooling(log_
         killer.dispose()
     assert len(_stored(log_url, [first["request_id"], second["request_id"]])) == 2
     assert (snap["rows_spooled"], snap["connection_losses"], snap["rows_written"]) == (0, 0, 2), snap
+
+
+def _sessions(killer: Any) -> list[int]:
+    with killer.connect() as conn:
+        return list(conn.exec_driver_sql("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                                         "'gateway_logger' ORDER BY pid").scalars())
+
+
+def test_the_writer_writes_its_batches_on_one_kept_connection_and_gives_it_back_at_stop(
+        log_url: str, tmp_path) -> None:  # noqa: ANN001
+    """Ten batches, one at a time: no pool checkout after the first (the engine's own event counts them),
+    every batch counted as a use of a connection (the metrics' reuse), one server session; after stop the
+    writer holds no session."""
+    from sqlalchemy import event
+
+    w = gateway_logger.Writer(gateway_logger.Settings(spool_dir=str(tmp_path), metrics_port=None), url=log_url).start()
+    killer = db_init.make_engine(log_url)
+    ids = []
+    try:
+        def one(tag: str) -> None:
+            rec = gateway_logger.capture(litellm_call(f"c-{uuid.uuid4()}", tag,
+                                                      request_id=gateway_logger.calls.new_request_id()), failed=False)
+            ids.append(rec["request_id"])
+            w.submit(rec)
+            assert w.flush(10)
+
+        one("first")  # the probe's connection is back in the pool; this batch takes one and keeps it
+        checkouts: list[int] = []
+        event.listen(w.engine, "checkout", lambda *a: checkouts.append(1))
+        before = w.stats.snapshot()
+        for n in range(10):
+            one(f"b{n}")
+        after = w.stats.snapshot()
+        held = _sessions(killer)
+    finally:
+        w.stop()
+    try:
+        assert checkouts == [], "the writer took a connection from the pool for a batch"
+        assert after["batches"] - before["batches"] == 10
+        assert after["pool_checkouts"] - before["pool_checkouts"] == 10 and after["pool_connects"] == before["pool_connects"]
+        assert len(held) >= 1 and len(_stored(log_url, ids)) == 11
+        assert _sessions(killer) == [], "the writer's connections outlived its stop"
+    finally:
+        killer.dispose()
+
