@@ -21,6 +21,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                        f"(default {Limits.durability_lag_ms:g})")
     group.addoption("--overhead-pairs", type=int, default=Plan.pairs, metavar="N",
                     help=f"measured requests per arm, after warm-up (default {Plan.pairs})")
+    group.addoption("--overhead-groups", type=int, default=Plan.groups, metavar="N",
+                    help=f"ABBA groups of saturated blocks per capacity round (default {Plan.groups}; fewer "
+                         "widen the capacity interval, so a sign-off keeps the default)")
 
 
 def limits(config: pytest.Config) -> Limits:
@@ -32,4 +35,7 @@ def plan(config: pytest.Config) -> Plan:
     pairs = int(config.getoption("overhead_pairs"))
     if pairs < 20:
         raise pytest.UsageError(f"--overhead-pairs {pairs}: need at least 20 for a p95 to mean anything")
-    return Plan(pairs=pairs)
+    groups = int(config.getoption("overhead_groups"))
+    if groups < 2:
+        raise pytest.UsageError(f"--overhead-groups {groups}: need at least 2 for a capacity interval")
+    return Plan(pairs=pairs, groups=groups)

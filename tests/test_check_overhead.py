@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.acceptance_run import run_suite
+from tests.support.acceptance_run import CHECK_6_NOT_ON_CAPACITY, run_suite
 from tests.support.lab_unit import gateway_unit
 
 pytestmark = pytest.mark.lab
@@ -43,7 +43,7 @@ def test_injected_write_delay_makes_check_6_fail(tmp_path: Path, embedded_lab) -
         gateway_unit("restart", UNIT)
         assert gateway_env_has_knob() == 1
         run = run_suite(tmp_path / "evidence", "acceptance/check_overhead.py", "--overhead-pairs=60",
-                        timeout=300)  # ~100 s alone; over 180 s once with two other test runs on the 2 cores
+                        *CHECK_6_NOT_ON_CAPACITY, timeout=300)
     finally:
         lab.exec("gateway", f"sed -i '/^{KNOB}=/d' {ENV_FILE}")
         gateway_unit("restart", UNIT)

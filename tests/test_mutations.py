@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import lab_mutation
-from tests.support.acceptance_run import SuiteRun, run_suite
+from tests.support.acceptance_run import CHECK_6_NOT_ON_CAPACITY, SuiteRun, run_suite
 
 pytestmark = pytest.mark.lab
 
@@ -61,7 +61,8 @@ def test_lost_response_rows_fail_checks_5_and_6(tmp_path: Path, embedded_lab) ->
          "EXECUTE FUNCTION poc1_fault_lose_responses()")
     try:
         run = run_suite(tmp_path / "evidence", "acceptance/check_chat_call.py", "acceptance/check_db_rows.py",
-                        CHECK_6, "acceptance/check_join_check.py", "--overhead-pairs=60", timeout=300)
+                        CHECK_6, "acceptance/check_join_check.py", "--overhead-pairs=60", *CHECK_6_NOT_ON_CAPACITY,
+                        timeout=300)
     finally:
         undo_lost_responses()
     assert psql("SELECT count(*) FROM pg_trigger WHERE tgname = 'poc1_fault_lose_responses'").strip() == "0"
@@ -105,7 +106,7 @@ def test_gateway_restarted_during_the_run_fails_check_1(tmp_path: Path, embedded
     restart.start()
     try:
         run = run_suite(tmp_path / "evidence", "acceptance/check_service_status.py", CHECK_6,
-                        "--overhead-pairs=60", timeout=300)
+                        "--overhead-pairs=60", *CHECK_6_NOT_ON_CAPACITY, timeout=300)
     finally:
         restart.cancel()
         restart.join()

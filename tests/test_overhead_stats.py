@@ -193,3 +193,25 @@ def test_a_gateway_that_stops_answering_ends_the_measurement_early() -> None:
     with pytest.raises(probe.UnusableGateway, match="5 requests in a row failed .*ConnectError"):
         probe.run_interleaved(ab, probe.Plan(pairs=200, warmup=20))
     assert len(caller.sent) == 35
+
+
+def test_the_plan_comes_from_the_command_line_and_refuses_what_cannot_measure() -> None:
+    """--overhead-pairs / --overhead-groups make the plan (recorded in the artifact); too few is a usage error."""
+    import pytest
+
+    from acceptance import overhead_options
+    from acceptance.overhead_probe import Plan
+
+    class Config:
+        def __init__(self, **given: int) -> None:
+            self.given = {"overhead_pairs": Plan.pairs, "overhead_groups": Plan.groups, **given}
+
+        def getoption(self, name: str) -> int:
+            return self.given[name]
+
+    assert overhead_options.plan(Config()) == Plan()
+    assert overhead_options.plan(Config(overhead_pairs=50, overhead_groups=2)) == Plan(pairs=50, groups=2)
+    with pytest.raises(pytest.UsageError, match="--overhead-groups 1: need at least 2"):
+        overhead_options.plan(Config(overhead_groups=1))
+    with pytest.raises(pytest.UsageError, match="--overhead-pairs 19: need at least 20"):
+        overhead_options.plan(Config(overhead_pairs=19))

@@ -555,5 +555,6 @@ def test_two_real_runs_against_the_embedded_lab(embedded_lab, tmp_path: Path) ->
 #: passed through tools.regression to tools.validate (and on to pytest): the lab is already up (the
 #: embedded_lab fixture), a short benchmark, and check 6's limits lifted (see the test's docstring)
 LEAN_SUITE_ARGS: list[str] = ["--suite-arg=--no-lab-up", "--suite-arg=--overhead-pairs=50",
+                              "--suite-arg=--overhead-groups=2",
                               "--suite-arg=--overhead-threshold-ms=1000",
                               "--suite-arg=--durability-lag-threshold-ms=10000"]

@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+#: check 6 run for what else it shows (its rows, its lag, a long run), not judged on added latency or capacity:
+#: two capacity groups (not the sign-off's twelve: ~15 s less per run) and the overhead limit lifted, so a
+#: capacity interval that wide is neither a failure nor a reason for more rounds
+CHECK_6_NOT_ON_CAPACITY = ("--overhead-groups=2", "--overhead-threshold-ms=1000")
 
 
 @dataclass
