@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs once per cache build inside the base rootfs (systemd-nspawn, not booted, runner's network):
-# installs what BOTH lab hosts need, so that every lab-up only mounts an overlay on this tree.
+# installs what BOTH lab hosts need (python3-apt, python3-setuptools: for the playbook's apt and pip modules), so that every lab-up only mounts an overlay on this tree.
 # Daemons must not start here (policy-rc.d), and no per-lab state may stay behind (host keys, machine-id).
 set -eu
 export DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
@@ -10,7 +10,7 @@ chmod 755 /usr/sbin/policy-rc.d
 apt-get update -q
 apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io \
     systemd systemd-sysv dbus openssh-server iproute2 procps ca-certificates \
-    python3 python3-venv \
+    python3 python3-venv python3-apt python3-setuptools \
     postgresql-15
 
 # the gateway's runtime, pinned to the versions the suite is tested with. Most wheels were fetched by the
