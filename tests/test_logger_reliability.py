@@ -182,7 +182,8 @@ def test_sigkill_loses_at_most_one_flush_interval_with_the_database_up_or_down(
     gw = gateways(log_db).start()
     _warm_up(gw)
     kill = _killed(gw)
-    up = open_loop(gw, 3.5, at=3.0, action=kill)
+    # 4 s before the kill (was 3): on a slow evening this machine answered only 79 of the 120 calls of 3 s
+    up = open_loop(gw, 4.5, at=4.0, action=kill)
     gw.stop_proxy(signal.SIGKILL)
     gw.start_proxy()
     healthy = _window(gw, log_db, up, kill.at)  # type: ignore[attr-defined]
