@@ -47,8 +47,6 @@ def _text(value: str) -> str:
     return value
 
 
-
-
 def _document(value: Any) -> str:
     return _text(compact_json(value))  # JSON null for None, as SQLAlchemy's JSON type stores it
 
