@@ -3,7 +3,7 @@
     import lab
     lab.up()                                   # idempotent; returns a LabDescription
     lab.exec("gateway", "systemctl stop standin-model")   # nsenter into the container, no SSH
-    lab.systemctl("db", "is-active", "postgresql@15-main")
+    lab.systemctl("db", "is-active", "postgresql@17-main")
     lab.set_link("db", up=False)               # cut the db host off the lab network
     lab.set_tls(False)                         # litellm_user allowed in clear text, gateway without TLS
 """

@@ -1,4 +1,5 @@
-"""python -m lab up|down|status|tls on|off|status — the embedded two-host lab (see docs/ARCHITECTURE.md)."""
+"""python -m lab up|down|status|tls on|off|status|deploy [ANSIBLE ARGS] — the embedded two-host lab (see
+docs/ARCHITECTURE.md); `deploy` runs deploy/ansible/site.yml against it again."""
 from __future__ import annotations
 
 import argparse
@@ -17,16 +18,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__,
                                      epilog=f"{lifecycle.KEEP_FAILED_ENV}=1 leaves a failed `up` standing for "
                                             "inspection.")
-    parser.add_argument("command", choices=("up", "down", "status", "tls"))
+    parser.add_argument("command", choices=("up", "down", "status", "tls", "deploy"))
     parser.add_argument("mode", nargs="?", choices=("on", "off", "status"),
                         help="tls only: require TLS for litellm_user (on, the default of a lab), allow clear "
                              "text and connect the gateway without it (off), or show it (status)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["deploy"]:  # everything after it is ansible-playbook's
+        args, extra = argparse.Namespace(command="deploy", mode=None), argv[1:]
+    else:
+        args, extra = parser.parse_args(argv), []
     if (args.command == "tls") != (args.mode is not None):
         parser.error("on|off|status goes with `tls` only, and `tls` needs one of them")
     try:
         if args.command == "up":
             lifecycle.up()
+            return 0
+        if args.command == "deploy":
+            lifecycle.run_playbook(extra)
             return 0
         if args.command == "down":
             lifecycle.down()

@@ -2,9 +2,6 @@
 the environment-variable names of docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import secrets as _random
 
@@ -16,6 +13,7 @@ def generate() -> dict[str, str]:
         layout.MASTER_KEY_ENV: "sk-" + _random.token_urlsafe(32),
         layout.DB_PASSWORD_ENV: _random.token_urlsafe(24),
         layout.DB_READER_PASSWORD_ENV: _random.token_urlsafe(24),
+        layout.UPSTREAM_API_KEY_ENV: "sk-upstream-" + _random.token_hex(16),
     }
     layout.STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_env_file(layout.SECRETS_FILE, values)
@@ -44,14 +42,3 @@ def scrub(text: str, values: dict[str, str]) -> str:
         if v:
             text = text.replace(v, "***")
     return text
-
-
-def scram_verifier(password: str, iterations: int = 4096) -> str:
-    """PostgreSQL's SCRAM-SHA-256 verifier, so the plain password never reaches the server (RFC 5802/7677)."""
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"

@@ -5,14 +5,13 @@ checks that the two agree.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_DIR = Path(__file__).resolve().parent
 
-#: one Debian release for the runner's tools and both hosts (PostgreSQL 15, Python 3.11)
-SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 BRIDGE = "br-poc1"
@@ -21,10 +20,7 @@ PREFIX_LEN = 24
 
 STATE_DIR = Path("/var/lib/poc1-lab")          # per lab, removed by `down`
 CACHE_DIR = Path("/var/cache/poc1-lab")        # rootfs cache, kept by `down`
-BASE_ROOTFS = CACHE_DIR / "base"
-BASE_STAMP = CACHE_DIR / "base.stamp"
-BUILD_TMP = CACHE_DIR / "base.tmp"
-DEB_CACHE = CACHE_DIR / "debs"
+DEB_CACHE = CACHE_DIR / "debs"               # one subdirectory per Debian release
 WHEEL_CACHE = CACHE_DIR / "wheels"
 LOCK_FILE = CACHE_DIR / "lab.lock"
 
@@ -46,12 +42,31 @@ GATEWAY_DB_CA = "/etc/litellm/db-ca.crt"          # the logger verifies the db h
 MASTER_KEY_ENV = "POC1_LAB_MASTER_KEY"
 DB_PASSWORD_ENV = "POC1_LAB_DB_PASSWORD"
 DB_READER_PASSWORD_ENV = "POC1_LAB_DB_READER_PASSWORD"
+UPSTREAM_API_KEY_ENV = "POC1_LAB_UPSTREAM_API_KEY"  # the gateway's key for the stand-in model
 
 DB_NAME = "litellm_db"
 DB_USER = "litellm_user"
 DB_READER = "poc1_reader"
 DB_PORT = 5432
-PG_VERSION = "15"
+#: PostgreSQL of the db host: 17 (Debian 13, as the seed's lab ran) or, for a compatibility run of the
+#: schema and logger, 15 (Debian 12): ``POC1_LAB_PG=15 python -m lab up``. Without the variable, the
+#: version of the lab that is up (recorded in PG_VERSION_FILE), else 17.
+PG_ENV = "POC1_LAB_PG"
+PG_SUITES = {"17": "trixie", "15": "bookworm"}
+PG_VERSION_FILE = STATE_DIR / "pg_version"
+
+
+def _pg_version() -> str:
+    wanted = os.environ.get(PG_ENV, "").strip()
+    if wanted:
+        return wanted
+    try:
+        return PG_VERSION_FILE.read_text().strip() or "17"
+    except OSError:
+        return "17"
+
+
+PG_VERSION = _pg_version()
 PG_UNIT = f"postgresql@{PG_VERSION}-main"
 
 GATEWAY_PORT = 4000
@@ -66,12 +81,50 @@ NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 
 
 @dataclass(frozen=True)
+class Base:
+    """A cached base rootfs: one Debian release with the packages of one host's role, built once."""
+
+    role: str
+    suite: str
+    packages: tuple[str, ...]
+    #: the gateway's venv with the pinned versions (lab/requirements-gateway.txt), built from the wheels
+    venv: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}-{self.suite}"
+
+    @property
+    def dir(self) -> Path:
+        return CACHE_DIR / f"base-{self.key}"
+
+    @property
+    def stamp(self) -> Path:
+        return CACHE_DIR / f"base-{self.key}.stamp"
+
+    @property
+    def build_tmp(self) -> Path:
+        return CACHE_DIR / f"base-{self.key}.tmp"
+
+    @property
+    def debs(self) -> Path:
+        return DEB_CACHE / self.suite
+
+
+#: what Ansible needs on a host (python3, python3-apt for its apt module) and what each role runs
+GATEWAY_BASE = Base("gateway", "bookworm", ("python3", "python3-venv", "python3-apt", "python3-setuptools"),
+                    venv=True)
+DB_BASE = Base("db", PG_SUITES.get(PG_VERSION, "trixie"), ("python3", "python3-apt", f"postgresql-{PG_VERSION}"))
+
+
+@dataclass(frozen=True)
 class Host:
     """One lab host: its inventory name, machine name, address and the units that make its role."""
 
     name: str
     ip: str
     units: tuple[str, ...]
+    base: Base
 
     @property
     def machine(self) -> str:
@@ -103,8 +156,8 @@ class Host:
         return LOG_DIR / f"{self.name}.console.log"
 
 
-GATEWAY = Host("gateway", "10.231.0.18", (STANDIN_UNIT, GATEWAY_UNIT))
-DB = Host("db", "10.231.0.19", (PG_UNIT,))
+GATEWAY = Host("gateway", "10.231.0.18", (STANDIN_UNIT, GATEWAY_UNIT), GATEWAY_BASE)
+DB = Host("db", "10.231.0.19", (PG_UNIT,), DB_BASE)
 HOSTS: dict[str, Host] = {h.name: h for h in (DB, GATEWAY)}
 GATEWAY_URL = f"http://{GATEWAY.ip}:{GATEWAY_PORT}"
 BUILD_CGROUP = "poc1-lab-build"

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from lab import (
     cgroups,
     credentials,
+    deploy,
     layout,
     lock,
     machine,
@@ -122,7 +123,9 @@ def _wait_gateway(values: dict[str, str], timeout: float = GATEWAY_READY_TIMEOUT
         f"(last: {reason}; journal: {journal or 'empty'})", values))
 
 
-def _build_hosts(values: dict[str, str]) -> None:
+def _build_hosts() -> None:
+    """The lab's part: each host's root with its name, address, SSH keys; the TLS files the playbook
+    copies; the stand-in model."""
     authorized = provision.client_key()
     known = []
     for host in (DB, GATEWAY):
@@ -131,20 +134,21 @@ def _build_hosts(values: dict[str, str]) -> None:
         known.append(provision.host_key(host))
     layout.KNOWN_HOSTS.write_text("".join(known))
     tls.make_certificates()
-    provision.db_host()
-    provision.gateway_host(values)
+    provision.standin()
 
 
-def _start(values: dict[str, str]) -> None:
-    machine.start(DB)
-    machine.wait_booted(DB)
-    provision.wait_postgres()
-    provision.roles_and_database(values)
-    machine.start(GATEWAY)
-    machine.wait_booted(GATEWAY)
-    provision.create_schema()
-    provision.grant_reader()
+def _start(values: dict[str, str]) -> deploy.Recap:
+    """Boot both hosts, then provision them with the playbook (as a user deploys the real VMs)."""
+    for host in (DB, GATEWAY):
+        machine.start(host)
+    for host in (DB, GATEWAY):
+        machine.wait_booted(host)
+    for host in (DB, GATEWAY):
+        if not poll_until(lambda h=host: probe.tcp_open(h.ip, 22), lambda ok: ok, timeout=30, interval=0.2)[0]:
+            raise LabError(f"{host.name}: sshd not listening on {host.ip}:22 within 30 s after boot")
+    recap = deploy.run(values)
     _wait_gateway(values)
+    return recap
 
 
 def is_up() -> bool:
@@ -154,17 +158,20 @@ def is_up() -> bool:
     return probe.chat_completion(credentials.load()[layout.MASTER_KEY_ENV], timeout=10)[0] == 200
 
 
-def _sync_code(values: dict[str, str]) -> list[str]:
-    """A running lab picks up the repo's current code: changed files are copied, their units restarted."""
-    changed = provision.place(GATEWAY, provision.gateway_code()) + provision.remove_stale(GATEWAY)
-    if not changed:
-        return []
-    machine.exec_(GATEWAY, ["systemctl", "daemon-reload"])
-    restart = [layout.STANDIN_UNIT] if any("standin" in path for path in changed) else []
-    if any("standin" not in path for path in changed):
-        restart.append(layout.GATEWAY_UNIT)
-    machine.exec_(GATEWAY, ["systemctl", "restart", *restart], timeout=60)
-    _wait_gateway(values)
+def _redeploy(values: dict[str, str]) -> list[str]:
+    """A running lab picks up the repo's current code: the stand-in's files by the lab, and whatever the
+    playbook deploys — if any of it differs from the repository, by running the playbook again."""
+    changed = provision.place(GATEWAY, provision.standin_files())
+    if changed:
+        machine.exec_(GATEWAY, ["systemctl", "daemon-reload"])
+        machine.exec_(GATEWAY, ["systemctl", "restart", layout.STANDIN_UNIT], timeout=60)
+    drift = provision.differs(GATEWAY, provision.gateway_code()) + provision.stale_gateway_files(GATEWAY.root)
+    if drift:
+        recap = deploy.run(values)
+        _say(f"playbook: {recap.line()}")
+        changed += drift
+    if changed:
+        _wait_gateway(values)
     return changed
 
 
@@ -178,28 +185,37 @@ def up() -> LabDescription:
             _say("db_init.py or its migrations changed since this lab was built: building a fresh lab "
                  "(fresh database)")
             running = False
+        if running and layout.PG_VERSION_FILE.is_file() and \
+                layout.PG_VERSION_FILE.read_text().strip() != layout.PG_VERSION:
+            _say(f"PostgreSQL {layout.PG_VERSION} asked for ({layout.PG_ENV}), the lab runs "
+                 f"{layout.PG_VERSION_FILE.read_text().strip()}: building a fresh lab")
+            running = False
         if running:
             values = credentials.load()
-            changed = _sync_code(values)
-            if not tls.present():  # a lab built before the database link had TLS: add it in place
-                _apply_tls(values, on=True)
-                changed.append("TLS on the database link")
+            changed = _redeploy(values)
             _say(f"already up{'; redeployed ' + ', '.join(changed) if changed else ''}")
             if provision.tls_state() != "on":
                 _say(f"TLS for {layout.DB_USER} is {provision.tls_state()} (python -m lab tls on)")
             _print_addresses()
             return describe()
         teardown()  # whatever a killed or failed run left
-        prereqs.require_disk(cold=not rootfs.is_current())
+        if layout.PG_VERSION not in layout.PG_SUITES:
+            raise LabError(f"{layout.PG_ENV}={layout.PG_VERSION}: the lab has PostgreSQL "
+                           f"{' or '.join(layout.PG_SUITES)}")
+        prereqs.require_disk(cold=not rootfs.all_current())
+        for old in rootfs.remove_obsolete():
+            _say(f"removed {old} (the cache before each host had its own base)")
         built = rootfs.ensure(_mirror)
         if built is not None:
             _say(f"base rootfs built in {built:.0f} s")
         t_lab = time.monotonic()
         try:
             values = credentials.generate()
+            layout.PG_VERSION_FILE.write_text(layout.PG_VERSION + "\n")
             network.create_bridge()
-            _build_hosts(values)
-            _start(values)
+            _build_hosts()
+            recap = _start(values)
+            _say(f"provisioned by deploy/ansible/site.yml: {recap.line()}")
             (layout.DESCRIPTION_FILE).write_text(json.dumps(describe().as_dict(), indent=2) + "\n")
         except BaseException:
             if os.environ.get(KEEP_FAILED_ENV) != "1":
@@ -211,6 +227,17 @@ def up() -> LabDescription:
         _say(f"up in {time.monotonic() - t0:.1f} s (lab {time.monotonic() - t_lab:.1f} s)")
         _print_addresses()
         return describe()
+
+
+def run_playbook(extra: list[str]) -> deploy.Recap:
+    """`python -m lab deploy [ANSIBLE ARGS]`: deploy/ansible/site.yml against the running lab, again."""
+    prereqs.require_root()
+    with lock.held():
+        if not is_up():
+            raise LabError("the lab is not up (python -m lab up)")
+        recap = deploy.run(credentials.load(), *extra)
+        _say(f"playbook: {recap.line()}")
+        return recap
 
 
 # ----------------------------------------------------------------------------------------------- TLS
@@ -233,12 +260,7 @@ def _apply_tls(values: dict[str, str], on: bool) -> None:
 
     The order keeps the logger connectable throughout: the server's certificate first, pg_hba.conf opened
     before the gateway restarts in clear text, closed (hostssl) only after it reconnected over TLS."""
-    if on:
-        tls.make_certificates()
-        if provision.place(DB, provision.db_tls_files()):
-            provision.reload_postgres()
-        provision.place(GATEWAY, provision.gateway_tls_files())
-    elif provision.set_hba(tls_required=False):
+    if not on and provision.set_hba(tls_required=False):
         provision.reload_postgres()
     url_changed = provision.set_gateway_db_url(values, on)
     if url_changed or any(ssl != on for _, ssl in provision.gateway_db_sessions()):

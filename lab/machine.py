@@ -25,15 +25,15 @@ CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def make_root(host: Host) -> None:
-    """The host's root: an overlay on the cached base (instant), else a full copy (cp -a)."""
+    """The host's root: an overlay on its role's cached base (instant), else a full copy (cp -a)."""
     for d in ("upper", "work", "root"):
         (host.machine_dir / d).mkdir(parents=True, exist_ok=True)
-    opts = (f"lowerdir={layout.BASE_ROOTFS},upperdir={host.machine_dir / 'upper'},"
+    opts = (f"lowerdir={host.base.dir},upperdir={host.machine_dir / 'upper'},"
             f"workdir={host.machine_dir / 'work'}")
     mounted = subprocess.run(["mount", "-t", "overlay", f"poc1-{host.name}", "-o", opts, str(host.root)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        run(["cp", "-a", f"{layout.BASE_ROOTFS}/.", host.root], what=f"{host.name}: copying the base rootfs",
+        run(["cp", "-a", f"{host.base.dir}/.", host.root], what=f"{host.name}: copying the base rootfs",
             timeout=300)
 
 

@@ -66,7 +66,12 @@ def debian_mirror() -> str:
 
 
 def require_mirror(mirror: str) -> None:
-    url = f"{mirror}/dists/{layout.SUITE}/Release"
+    for suite in sorted({layout.GATEWAY_BASE.suite, layout.DB_BASE.suite}):
+        _require_release(mirror, suite)
+
+
+def _require_release(mirror: str, suite: str) -> None:
+    url = f"{mirror}/dists/{suite}/Release"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=15) as resp:
             resp.read(0)

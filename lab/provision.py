@@ -1,21 +1,21 @@
-"""What makes a copy of the base rootfs into the lab's gateway or db host: files written into its root
-before boot (the repo's code and config, keys, addresses) and the database set-up after boot."""
+"""The lab's own part of its hosts, written into their roots before boot: names, addresses, SSH keys and
+the stand-in model (what a VM has before anyone deploys on it). What the runbook installs comes from the
+playbook (lab/deploy.py); this module also knows what the playbook puts on the gateway, to tell whether a
+running lab needs it run again, and switches TLS of a running lab for tests with the role's own templates."""
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import layout, machine, network, tls
-from lab.credentials import scram_verifier
+import jinja2
+
+from lab import layout, machine, network
 from lab.errors import LabError
 from lab.layout import DB, GATEWAY, Host
 from lab.shell import run
-from tools.polling import poll_until
 
 PG_ETC = f"/etc/postgresql/{layout.PG_VERSION}/main"
 SSHD_DROPIN = """# poc1 lab: key login only, one host key (the one recorded in the lab's known_hosts)
@@ -25,37 +25,24 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UseDNS no
 """
-PG_CONF = f"""# poc1 lab: listen on the db host's own address only; passwords as SCRAM-SHA-256
-listen_addresses = '{DB.ip}'
-password_encryption = 'scram-sha-256'
-# reap the session of a client that vanished (its FIN lost in a partition): without keepalives such a
-# backend stays idle for good, holding a connection slot and showing in pg_stat_activity as the gateway's
-tcp_keepalives_idle = 10
-tcp_keepalives_interval = 5
-tcp_keepalives_count = 3
-"""
-PG_TLS_CONF = f"""# poc1 lab: TLS with the lab's CA (lab/tls.py); `hostssl` in pg_hba.conf makes it required
-ssl = on
-ssl_cert_file = '{layout.DB_TLS_CERT}'
-ssl_key_file = '{layout.DB_TLS_KEY}'
-ssl_min_protocol_version = 'TLSv1.2'
-"""
+ROLES_DIR = layout.REPO / "deploy" / "ansible" / "roles"
+
+
+def render(role: str, template: str, **values: object) -> str:
+    """One of a role's templates as Ansible's template module renders it (trim_blocks, the file's last
+    newline kept): the lab's TLS switch writes exactly what the playbook would."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLES_DIR / role / "templates"), trim_blocks=True,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
+    return env.get_template(template).render(**values)
 
 
 def pg_hba(tls_required: bool = True) -> str:
     """litellm_user only over TLS (``hostssl``), or, switched off for a test, also in clear text (``host``).
 
     The reader's line stays ``host``; the suite itself asks for verify-full (hosts.yml: db_sslmode)."""
-    kind = "hostssl" if tls_required else "host   "
-    return f"""# poc1 lab. TYPE DATABASE USER ADDRESS METHOD
-local   all             postgres                                peer
-{kind} {layout.DB_NAME}      {layout.DB_USER}      {GATEWAY.ip}/32         scram-sha-256
-host    {layout.DB_NAME}      {layout.DB_READER}       {layout.RUNNER_IP}/32          scram-sha-256
-"""
-
-
-# PostgreSQL binds the db host's address, which systemd-networkd sets: start it once the network is up
-PG_AFTER_NETWORK = "[Unit]\nWants=network-online.target\nAfter=network-online.target\n"
+    return render("poc1_postgresql", "pg_hba.conf.j2", poc1_gateway_addresses=[GATEWAY.ip],
+                  poc1_tls_required=tls_required, poc1_db_name=layout.DB_NAME, poc1_db_user=layout.DB_USER,
+                  poc1_db_reader=layout.DB_READER, poc1_runner_address=layout.RUNNER_IP)
 
 
 @dataclass(frozen=True)
@@ -91,7 +78,8 @@ OBSOLETE_GATEWAY_FILES = ("/opt/litellm/gateway_logger.py",)
 
 
 def gateway_code() -> list[Placed]:
-    """The repo's code and config as the runbook installs them (copied fresh on every lab-up)."""
+    """What the playbook (roles/poc1_gateway) puts on the gateway from the repository: compared with a
+    running lab's files to tell whether `up` must run the playbook again."""
     return [
         Placed("/etc/litellm/config.yaml", _repo_file("config.yaml")),
         Placed(SCHEMA_FILE, _repo_file("db_init.py")),
@@ -100,6 +88,12 @@ def gateway_code() -> list[Placed]:
         Placed(f"/etc/systemd/system/{layout.GATEWAY_UNIT}.service", _repo_file("deploy/litellm-gateway.service")),
         Placed(f"/etc/systemd/system/{layout.CONTROL_UNIT}.service",
                _repo_file("deploy/litellm-gateway-control.service")),
+    ]
+
+
+def standin_files() -> list[Placed]:
+    """The lab's stand-in for the LLM provider (not part of the deployment: the real VMs have OpenAI)."""
+    return [
         Placed("/opt/standin-model/standin_model.py", _repo_file("lab/standin_model.py")),
         Placed(f"/etc/systemd/system/{layout.STANDIN_UNIT}.service", _repo_file("lab/units/standin-model.service")),
     ]
@@ -110,32 +104,16 @@ DB_URL_LINE = re.compile(r"^POC1_DB_URL=.*$", re.M)
 
 
 def db_url_line(values: dict[str, str], tls_on: bool = True) -> str:
-    """The logger's URL; libpq takes sslmode/sslrootcert from its query. Quoted: `&` means something to sh
-    (create_schema sources the file), and systemd's EnvironmentFile strips the quotes."""
-    url = (f"postgresql+psycopg2://{layout.DB_USER}:{values[layout.DB_PASSWORD_ENV]}"
-           f"@{DB.ip}:{layout.DB_PORT}/{layout.DB_NAME}?{tls.QUERY_ON if tls_on else tls.QUERY_OFF}")
-    return f"POC1_DB_URL='{url}'"
-
-
-def gateway_env(values: dict[str, str]) -> Placed:
-    text = (f"LITELLM_MASTER_KEY={values[layout.MASTER_KEY_ENV]}\n{db_url_line(values)}\n"
-            f"UPSTREAM_API_BASE=http://127.0.0.1:{layout.STANDIN_PORT}/v1\n"
-            f"UPSTREAM_API_KEY=sk-upstream-{uuid.uuid4().hex}\n")
-    return Placed(GATEWAY_ENV, text.encode(), 0o600)
-
-
-def db_tls_files() -> list[Placed]:
-    """The db host's certificate and key (made on the runner, lab/tls.py) and the settings that use them."""
-    return [
-        Placed(layout.DB_TLS_CERT, tls.SERVER_CERT.read_bytes()),
-        Placed(layout.DB_TLS_KEY, tls.SERVER_KEY.read_bytes(), 0o640, ("root", "ssl-cert")),
-        Placed(f"{PG_ETC}/conf.d/poc1-lab-tls.conf", PG_TLS_CONF.encode()),
-    ]
-
-
-def gateway_tls_files() -> list[Placed]:
-    """Only the CA certificate (public): readable by the gateway's user, nothing secret."""
-    return [Placed(layout.GATEWAY_DB_CA, tls.CA_CERT.read_bytes())]
+    """The logger's URL line as roles/poc1_gateway's litellm.env.j2 writes it (quoted: `&` means something
+    to sh, and systemd's EnvironmentFile strips the quotes); sslmode from the TLS switch."""
+    text = render("poc1_gateway", "litellm.env.j2", poc1_master_key="", poc1_upstream_api_base="",
+                  poc1_upstream_api_key="", poc1_db_user=layout.DB_USER,
+                  poc1_db_password=values[layout.DB_PASSWORD_ENV], poc1_db_host=DB.ip, poc1_db_port=layout.DB_PORT,
+                  poc1_db_name=layout.DB_NAME, poc1_db_sslmode="verify-full" if tls_on else "disable")
+    found = DB_URL_LINE.search(text)
+    if found is None:
+        raise LabError("roles/poc1_gateway/templates/litellm.env.j2 has no POC1_DB_URL line")
+    return found.group(0)
 
 
 def differs(host: Host, files: list[Placed]) -> list[str]:
@@ -178,18 +156,6 @@ def stale_gateway_files(root: Path) -> list[str]:
     return stale
 
 
-def remove_stale(host: Host) -> list[str]:
-    """Remove ``stale_gateway_files`` from the host's root (from the runner); returns their paths."""
-    stale = stale_gateway_files(host.root)
-    for path in stale:
-        target = host.root / path.lstrip("/")
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-    return stale
-
-
 def _ids(host: Host, user: str, group: str) -> tuple[int, int]:
     """Numeric ids of a user and group as the host's own /etc/passwd and /etc/group define them."""
     def lookup(table: str, name: str) -> int:
@@ -206,12 +172,6 @@ def _enable(host: Host, unit: str) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     link.unlink(missing_ok=True)
     link.symlink_to(f"/etc/systemd/system/{unit}")
-
-
-def _mask(host: Host, unit: str) -> None:
-    link = host.root / "etc/systemd/system" / unit
-    link.unlink(missing_ok=True)
-    link.symlink_to("/dev/null")
 
 
 def client_key() -> str:
@@ -245,21 +205,10 @@ def common(host: Host, authorized_key: str) -> None:
     (host.root / "root/.ssh").chmod(0o700)
 
 
-def gateway_host(values: dict[str, str]) -> None:
-    place(GATEWAY, [*gateway_code(), gateway_env(values), *gateway_tls_files()])
-    remove_stale(GATEWAY)
-    for unit in (layout.STANDIN_UNIT, layout.GATEWAY_UNIT):
-        _enable(GATEWAY, f"{unit}.service")
-    _mask(GATEWAY, "postgresql.service")  # the base has it; the gateway host is not a database
-
-
-def db_host() -> None:
-    place(DB, [
-        Placed(f"{PG_ETC}/conf.d/poc1-lab.conf", PG_CONF.encode()),
-        Placed("/etc/systemd/system/postgresql@.service.d/poc1-lab.conf", PG_AFTER_NETWORK.encode()),
-        *db_tls_files(),
-    ])
-    set_hba(tls_required=True)
+def standin() -> None:
+    """The stand-in model on the gateway host, started at boot (before the playbook starts the gateway)."""
+    place(GATEWAY, standin_files())
+    _enable(GATEWAY, f"{layout.STANDIN_UNIT}.service")
 
 
 # ------------------------------------------------------------------------------- TLS on a running lab
@@ -325,42 +274,3 @@ def gateway_db_sessions() -> list[tuple[int, bool]]:
 def _psql(database: str, sql: str) -> None:
     machine.exec_(DB, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database], input=sql,
                   user="postgres", timeout=60)
-
-
-def wait_postgres(timeout: float = 60) -> None:
-    ready, _ = poll_until(lambda: machine.exec_(DB, ["pg_isready", "-q", "-h", DB.ip], check=False,
-                                                 timeout=10).returncode == 0, timeout=timeout, interval=0.2)
-    if ready:
-        return
-    state = machine.exec_(DB, ["systemctl", "is-active", layout.PG_UNIT], check=False).stdout.strip()
-    raise LabError(f"db: PostgreSQL not accepting connections on {DB.ip} within {timeout:.0f} s ({layout.PG_UNIT} {state})")
-
-
-def roles_and_database(values: dict[str, str]) -> None:
-    """The gateway's role (owner of the log database) and the suite's read-only role."""
-    _psql("postgres", f"""
-CREATE ROLE {layout.DB_USER} LOGIN PASSWORD '{scram_verifier(values[layout.DB_PASSWORD_ENV])}';
-CREATE ROLE {layout.DB_READER} LOGIN PASSWORD '{scram_verifier(values[layout.DB_READER_PASSWORD_ENV])}';
-GRANT pg_read_all_stats TO {layout.DB_READER};
-CREATE DATABASE {layout.DB_NAME} OWNER {layout.DB_USER} ENCODING 'UTF8' TEMPLATE template0;
-REVOKE ALL ON DATABASE {layout.DB_NAME} FROM PUBLIC;
-GRANT CONNECT ON DATABASE {layout.DB_NAME} TO {layout.DB_READER};
-""")
-
-
-def create_schema() -> str:
-    """The repo's db_init.py create, run on the gateway host as litellm_user over the lab network."""
-    proc = machine.exec_(GATEWAY, ["sh", "-c", "set -a; . /etc/litellm/litellm.env; set +a; "
-                                   "exec /opt/litellm/venv/bin/python /opt/litellm/db_init.py create"],
-                         timeout=120)
-    return proc.stdout.strip()
-
-
-def grant_reader() -> None:
-    """SELECT on the schema's tables (names from db_init's models) for the read-only role."""
-    if str(layout.REPO) not in sys.path:
-        sys.path.insert(0, str(layout.REPO))
-    from db_init import Base  # noqa: PLC0415  (the one schema)
-
-    tables = ", ".join('"' + t.name.replace('"', '""') + '"' for t in Base.metadata.sorted_tables)
-    _psql(layout.DB_NAME, f"GRANT SELECT ON TABLE {tables} TO {layout.DB_READER};")

@@ -20,12 +20,12 @@ from typing import Callable
 
 import httpx
 import pytest
-
-from acceptance import registry
 import yaml
 
+from acceptance import registry
 from acceptance.registry import CHECKS
 from evidence_writers.bundle import verify_bundle
+from lab import layout
 from tests.support import lab_mutation
 from tests.support.acceptance_run import ROOT, SuiteRun, run_suite
 
@@ -78,7 +78,7 @@ def healthy(timeout: float = 90) -> None:
         try:
             target = load_target(ROOT / "hosts.yml", "local")
             states = lab_sh("gateway", "systemctl is-active litellm-gateway standin-model ssh || true").split()
-            states += lab_sh("db", "systemctl is-active postgresql@15-main ssh || true").split()
+            states += lab_sh("db", f"systemctl is-active {layout.PG_UNIT} ssh || true").split()
             if set(states) != {"active"}:
                 last = f"units: {states}"
                 raise RuntimeError(last)
@@ -222,8 +222,8 @@ FAULTS = [
           # (gateway_db_connect: the probe's cause, after the journal's "lost" line if the logger noticed first)
           fails={c: rf"{READER_DB}: .*Connection refused" for c in ("gateway_db_connect", "db_rows", "join_check")},
           passes=("service_status", "chat_call"),  # the gateway keeps answering with its database down
-          apply=lambda: lab_sh("db", "systemctl stop postgresql@15-main"),
-          undo=lambda: lab_sh("db", "systemctl start postgresql@15-main")),
+          apply=lambda: lab_sh("db", f"systemctl stop {layout.PG_UNIT}"),
+          undo=lambda: lab_sh("db", f"systemctl start {layout.PG_UNIT}")),
     Fault("requests table renamed",
           fails={c: r'relation "requests" does not exist' for c in ("db_rows", "join_check")},
           passes=("service_status", "chat_call"),

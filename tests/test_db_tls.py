@@ -62,7 +62,7 @@ def test_pg_hba_requires_tls_for_litellm_user_only_when_on() -> None:
 
 
 def test_db_url_survives_sh_with_its_tls_parameters(tmp_path: Path) -> None:
-    """create_schema sources litellm.env with sh: the URL's `&` must not end the assignment."""
+    """The playbook's db_init.py task sources litellm.env with sh: the URL's `&` must not end the assignment."""
     env = tmp_path / "litellm.env"
     env.write_text(provision.db_url_line({layout.DB_PASSWORD_ENV: "pw-_x"}, tls_on=True) + "\n")
     out = subprocess.run(["sh", "-c", f'. {env}; printf %s "$POC1_DB_URL"'], capture_output=True, text=True,

@@ -237,7 +237,7 @@ def test_status_reports_every_unit(embedded_lab: lab.LabDescription) -> None:
     gw, db = proc.stdout.splitlines()
     for part in ("sshd=active", "standin-model=active", "litellm-gateway=active"):
         assert part in gw
-    for part in ("sshd=active", "postgresql@15-main=active", "postgresql=accepting"):
+    for part in ("sshd=active", f"{layout.PG_UNIT}=active", "postgresql=accepting"):
         assert part in db
 
 

@@ -24,6 +24,7 @@ import db_init
 import gateway_logger
 from acceptance.check_logger_metrics import FETCH, Scrape, environment_rows, figures, judge, reuse
 from evidence_writers import report
+from lab import layout
 from tests.support import chromium
 from tests.support.gateway import litellm_call
 from tests.support.pgserver import free_port
@@ -165,7 +166,7 @@ def test_report_environment_shows_rows_a_check_adds() -> None:
 # ------------------------------------------------------------------------------ the lab
 
 ENV_FILE = "/etc/litellm/litellm.env"
-POSTGRES = "postgresql@15-main"
+POSTGRES = layout.PG_UNIT
 BOUNDS = {"POC1_LOGGER_QUEUE_MAX": 5, "POC1_LOGGER_BATCH_MAX": 5, "POC1_LOGGER_SPOOL_MAX_ROWS": 10}
 BURST = 40
 
@@ -250,7 +251,6 @@ def test_lab_port_from_the_inventory_and_nothing_there_is_one_line(embedded_lab,
 @pytest.mark.lab
 def test_lab_forced_overflow_fails_the_check_naming_the_dropped_rows(embedded_lab, tmp_path: Path) -> None:
     import lab
-
     from tests.support.acceptance_run import run_suite
     from tests.support.lab import LocalLab
     from tests.support.lab_unit import gateway_unit

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 import db_init
+from lab import layout
 from tests.support.lab_unit import gateway_unit, wait_gateway_answers
 from tools.polling import poll_until
 
@@ -121,11 +122,11 @@ def test_sigkill_with_the_database_up_loses_only_the_last_moments(embedded_lab) 
 
 def test_sigkill_with_the_database_stopped_keeps_99_percent(embedded_lab) -> None:
     wait_gateway_answers()
-    lab_sh("db", "systemctl stop postgresql@15-main")
+    lab_sh("db", f"systemctl stop {layout.PG_UNIT}")
     try:
         answers, _ = open_loop(4.0, 3.5, lambda: lab_sh("gateway", "systemctl kill -s SIGKILL litellm-gateway"))
     finally:
-        lab_sh("db", "systemctl start postgresql@15-main")
+        lab_sh("db", f"systemctl start {layout.PG_UNIT}")
     try:
         wait_gateway_answers()
         ok = [a for a in answers if a.status == 200 and a.request_id]
@@ -138,12 +139,12 @@ def test_sigkill_with_the_database_stopped_keeps_99_percent(embedded_lab) -> Non
 
 def test_restart_during_an_outage_keeps_every_answered_call(embedded_lab) -> None:
     wait_gateway_answers()
-    lab_sh("db", "systemctl stop postgresql@15-main")
+    lab_sh("db", f"systemctl stop {layout.PG_UNIT}")
     try:
         answers, _ = open_loop(3.0)
         gateway_unit("restart")  # SIGTERM with the database away: the rows go to the spool
     finally:
-        lab_sh("db", "systemctl start postgresql@15-main")
+        lab_sh("db", f"systemctl start {layout.PG_UNIT}")
     wait_gateway_answers()
     ok = [a for a in answers if a.status == 200 and a.request_id]
     found = found_rows([a.request_id for a in ok], 60)
