@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +29,9 @@ INVENTORY = ANSIBLE_DIR / "inventories" / "local.yml"
 CONFIG = ANSIBLE_DIR / "ansible.cfg"
 LOG = layout.CACHE_DIR / "playbook.log"  # kept by `down`: the cause of a failed up stays readable
 TIMEOUT_S = 600
+#: passed through to ansible-playbook when set: ANSIBLE_CALLBACKS_ENABLED=ansible.builtin.junit writes each
+#: task's time into JUNIT_OUTPUT_DIR (how the playbook's times in POC-1/FINDINGS.md were measured)
+TIMING_ENV = ("ANSIBLE_CALLBACKS_ENABLED", "JUNIT_OUTPUT_DIR", "JUNIT_TASK_CLASS")
 LAB_NETWORK = ipaddress.ip_network(f"{layout.RUNNER_IP}/{layout.PREFIX_LEN}", strict=False)
 RECAP = re.compile(r"^(?P<host>\S+)\s+: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
                    r"\s+failed=(?P<failed>\d+)", re.MULTILINE)
@@ -107,7 +111,8 @@ def run(values: dict[str, str], *extra: str, timeout: float = TIMEOUT_S) -> Reca
     and the task."""
     require_lab_addresses()
     layout.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    env = clean_env(**values, HOME=str(Path.home()), ANSIBLE_CONFIG=str(CONFIG), ANSIBLE_NOCOLOR="1",
+    timing = {k: os.environ[k] for k in TIMING_ENV if k in os.environ}  # e.g. the junit callback's task times
+    env = clean_env(**values, **timing, HOME=str(Path.home()), ANSIBLE_CONFIG=str(CONFIG), ANSIBLE_NOCOLOR="1",
                     ANSIBLE_FORCE_COLOR="0", **{layout.PG_ENV: layout.PG_VERSION})
     argv = [_ansible_playbook(), "-i", str(INVENTORY), str(PLAYBOOK), *extra]
     t0 = time.monotonic()

@@ -7,6 +7,7 @@ INI, group_vars/ and host_vars/, vaults) put their hosts on loopback addresses a
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -642,3 +643,55 @@ def test_project_tests_do_not_activate_the_suite(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (evidence / "keep.txt").exists()
     assert "1 passed" in proc.stdout
+
+
+# --- both forms against the embedded lab -----------------------------------------------------------
+
+LAB_CONNECTION = {"ansible_user": "root", "ansible_port": 22,
+                  "ansible_ssh_private_key_file": "/var/lib/poc1-lab/ssh/id_ed25519"}
+
+
+def lab_inventory(d: Path, form: str) -> Path:
+    """The embedded lab as a user's inventory: free host names, roles by the `gateway`/`db` groups,
+    connection variables at the group, the suite's settings in group_vars/, the reader password only in a
+    vault-encrypted value (no `db_reader_password_env`, no secrets file)."""
+    from lab import credentials, layout
+
+    settings = yaml.safe_load((ROOT / "hosts.yml").read_text())["all"]["children"]["local"]["vars"]
+    for name in ("secrets_env_file", "db_reader_password_env"):
+        settings.pop(name)
+    (d / "group_vars").mkdir(parents=True)
+    (d / "group_vars" / "poc1.yml").write_text(
+        yaml.safe_dump(settings, sort_keys=False)
+        + encrypt_string("db_reader_password", credentials.load()[layout.DB_READER_PASSWORD_ENV]))
+    if form == "ini":
+        path = d / "hosts.ini"
+        path.write_text("[gateway]\nedge-gw-01 ansible_host=10.231.0.18\n\n[db]\npg-main ansible_host=10.231.0.19\n\n"
+                        "[poc1:children]\ngateway\ndb\n\n[poc1:vars]\n"
+                        + "".join(f"{k}={v}\n" for k, v in LAB_CONNECTION.items()))
+    else:
+        path = d / "hosts.yml"
+        path.write_text(yaml.safe_dump({"all": {"children": {"poc1": {
+            "vars": LAB_CONNECTION,
+            "children": {"gateway": {"hosts": {"edge-gw-01": {"ansible_host": "10.231.0.18"}}},
+                         "db": {"hosts": {"pg-main": {"ansible_host": "10.231.0.19"}}}}}}}}, sort_keys=False))
+    return path
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("form", ["ini", "yaml"])
+def test_both_forms_run_the_suite_go_on_the_lab_with_the_reader_password_from_a_vault(
+        form: str, embedded_lab, tmp_path: Path) -> None:  # noqa: ANN001
+    from lab import credentials, layout
+    from tests.support.acceptance_run import CHECK_6_NOT_ON_CAPACITY
+
+    inventory = lab_inventory(tmp_path / "inventory", form)
+    secrets = credentials.load()
+    env = {layout.MASTER_KEY_ENV: secrets[layout.MASTER_KEY_ENV], "ANSIBLE_VAULT_PASSWORD_FILE": str(vault_file(tmp_path))}
+    run = run_suite(tmp_path / "evidence", *CHECK_6_NOT_ON_CAPACITY, hosts="poc1", inventory=inventory, env=env,
+                    unset=(layout.DB_READER_PASSWORD_ENV, layout.DB_PASSWORD_ENV), timeout=600)
+    manifest = run.manifest
+    assert run.rc == 0 and manifest["verdict"] == "GO", (run.outcomes(), run.stdout[-3000:])
+    assert "edge-gw-01" in json.dumps(manifest) and "pg-main" in json.dumps(manifest)  # its hosts, by their names
+    leaked = [p for p in run.files() if secrets[layout.DB_READER_PASSWORD_ENV].encode() in p.read_bytes()]
+    assert leaked == []  # the vaulted value is redacted like any other secret
