@@ -6,7 +6,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 APT_PACKAGES := postgresql openssh-server openssh-client systemd-container debootstrap iproute2 chromium
 TEST_ARGS ?=
 
-.PHONY: help deps validate regression verify test test-fast bench lab-up lab-down lab-status clean
+.PHONY: help deps validate regression verify test test-fast bench deploy lab-up lab-down lab-status clean
 REGRESSION_ARGS ?=
 VALIDATE_ARGS ?=
 VERIFY_ARGS ?=
@@ -17,6 +17,7 @@ help:
 	@echo "make regression [HOSTS=lab]      scheduled-style run: POC-1/runs/<run>/, history.jsonl, trend page, alarms"
 	@echo "make verify BUNDLE=path          check a bundle (tarball or directory) offline [VERIFY_ARGS=...]"
 	@echo "make bench                       the logger benchmarks (tests/benchmarks)"
+	@echo "make deploy HOSTS=lab            deploy/ansible/site.yml on the real VMs [DEPLOY_ARGS=--check --diff]"
 	@echo "make lab-up | lab-down | lab-status"
 
 ## deps: Debian packages (as root) and the Python packages listed in pyproject.toml
@@ -53,6 +54,15 @@ test-fast: deps
 
 bench: deps
 	$(PY) -m pytest tests/benchmarks -p no:cacheprovider -q
+
+## deploy: the runbook as a playbook, on the hosts of deploy/ansible/inventories/$(HOSTS).yml. Never run
+## by tests or CI (the embedded lab runs the same playbook on every `lab up`; again: python -m lab deploy)
+DEPLOY_ARGS ?=
+deploy: deps
+	@test "$(HOSTS)" != local || { echo "the embedded lab is deployed by 'make lab-up' (again: $(PY) -m lab deploy)"; exit 2; }
+	@test -f deploy/ansible/inventories/$(HOSTS).yml || { echo "no deploy/ansible/inventories/$(HOSTS).yml"; exit 2; }
+	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg ansible-playbook -i deploy/ansible/inventories/$(HOSTS).yml \
+	  deploy/ansible/site.yml $(DEPLOY_ARGS)
 
 lab-up:
 	$(PY) -m lab up

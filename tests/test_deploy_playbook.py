@@ -108,3 +108,20 @@ def test_the_db_host_runs_the_postgresql_the_lab_asked_for(embedded_lab) -> None
     assert version.stdout.strip().split(".")[0] == layout.PG_VERSION, version.stdout
     release = lab.exec("db", "cat /etc/debian_version").stdout.strip()
     assert release.split(".")[0] == {"17": "13", "15": "12"}[layout.PG_VERSION], release
+
+
+def test_make_deploy_hosts_lab_targets_the_real_vms_and_the_lab_code_refuses_them() -> None:
+    """`make deploy HOSTS=lab` as make would run it (-n: printed, nothing run, nothing dialled)."""
+    real = ANSIBLE / "inventories" / "lab.yml"
+    dry = subprocess.run(["make", "-n", "deploy", "HOSTS=lab"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         check=True).stdout
+    assert "ansible-playbook -i deploy/ansible/inventories/lab.yml" in dry and "deploy/ansible/site.yml" in dry, dry
+    refused = subprocess.run(["make", "deploy", "HOSTS=local"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert refused.returncode != 0 and "python3 -m lab deploy" in refused.stdout, refused.stdout
+    assert sorted(deploy.inventory_addresses(real)) == ["192.168.10.18", "192.168.10.19"]
+    with pytest.raises(LabError, match="refusing to run the playbook"):
+        deploy.require_lab_addresses(real)
+    proc = subprocess.run([deploy._ansible_playbook(), "--syntax-check", "-i", str(real), str(deploy.PLAYBOOK)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={"PATH": os.environ["PATH"], "ANSIBLE_CONFIG": str(deploy.CONFIG)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -187,7 +188,7 @@ def test_db_host_roles_listen_and_scram(local: LocalLab) -> None:
     rc, out, _ = local.run("db", f"runuser -u postgres -- psql -XAtc \"{sql}\"")
     assert rc == 0 and out.split("\n")[:2] == ["litellm_user SCRAM-SHA-256$", "poc1_reader SCRAM-SHA-256$"]
     rc, out, _ = local.run("db", "psql --version")
-    assert " 15." in out
+    assert f" {layout.PG_VERSION}." in out
 
 
 @pytest.mark.lab
@@ -217,14 +218,18 @@ def test_gateway_runs_the_repos_code(local: LocalLab) -> None:
 @pytest.mark.lab
 def test_up_redeploys_code_that_differs_from_the_repo(local: LocalLab) -> None:
     target = "/opt/standin-model/standin_model.py"
-    lab.exec("gateway", f"echo '# drift' >> {target}")
+    deployed = "/opt/litellm/gateway_logger/__init__.py"  # the playbook's: `up` runs it again
+    lab.exec("gateway", f"echo '# drift' >> {target}; echo '# drift' >> {deployed}")
     before = lab.systemctl("gateway", "show", "-p", "ExecMainPID", "standin-model")
     proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]
-    assert first.startswith("lab: already up; redeployed ") and target in first, proc.stdout
+    assert re.match(r"lab: playbook: lab-db changed=0, lab-gateway changed=[1-9]\d* \(", first), proc.stdout
+    second = proc.stdout.splitlines()[1]
+    assert second.startswith("lab: already up; redeployed ") and target in second and deployed in second, proc.stdout
     assert local.run("gateway", f"cat {target}")[1] == (REPO / "lab/standin_model.py").read_text()
+    assert local.run("gateway", f"cat {deployed}")[1] == (REPO / "gateway_logger/__init__.py").read_text()
     assert lab.systemctl("gateway", "show", "-p", "ExecMainPID", "standin-model") != before  # restarted
     assert local.chat().status_code == 200
 
