@@ -266,7 +266,7 @@ def test_healthy_lab_passes_and_the_bundle_is_true(embedded_lab, tmp_path: Path)
     assert m["target"] == "local" and m["hosts"] == {"gateway": "10.231.0.18", "db": "10.231.0.19"}
     v = m["versions"]
     assert v["gateway"]["litellm"] and v["gateway"]["sqlalchemy"] and v["gateway"]["psycopg2"]
-    assert v["db"]["postgresql"].startswith("15.") and v["suite"]["commit"]
+    assert v["db"]["postgresql"].startswith(f"{layout.PG_VERSION}.") and v["suite"]["commit"]
     assert v["files_match"]["db_init.py"] is True  # the lab runs the repo's db_init.py
     chat = run.check("chat_call")["details"]
     # this run's calls (plain and streamed) are the ones found in the database
