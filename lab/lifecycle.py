@@ -185,8 +185,10 @@ def up() -> LabDescription:
             _say("db_init.py or its migrations changed since this lab was built: building a fresh lab "
                  "(fresh database)")
             running = False
-        if running and layout.PG_VERSION_FILE.is_file() and \
-                layout.PG_VERSION_FILE.read_text().strip() != layout.PG_VERSION:
+        if running and not layout.PG_VERSION_FILE.is_file():
+            _say("this lab was built before the playbook provisioned it: building a fresh lab")
+            running = False
+        if running and layout.PG_VERSION_FILE.read_text().strip() != layout.PG_VERSION:
             _say(f"PostgreSQL {layout.PG_VERSION} asked for ({layout.PG_ENV}), the lab runs "
                  f"{layout.PG_VERSION_FILE.read_text().strip()}: building a fresh lab")
             running = False
