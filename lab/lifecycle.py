@@ -303,7 +303,7 @@ def _print_addresses() -> None:
     _say(f"gateway {GATEWAY.ip} ({layout.GATEWAY_URL}, ssh root@{GATEWAY.ip})")
     _say(f"db      {DB.ip} (PostgreSQL :{layout.DB_PORT}/{layout.DB_NAME}, ssh root@{DB.ip})")
     _say(f"secrets {layout.SECRETS_FILE} ({layout.MASTER_KEY_ENV}, {layout.DB_PASSWORD_ENV}, "
-         f"{layout.DB_READER_PASSWORD_ENV}); known_hosts {layout.KNOWN_HOSTS}")
+         f"{layout.DB_READER_PASSWORD_ENV}, {layout.UPSTREAM_API_KEY_ENV}); known_hosts {layout.KNOWN_HOSTS}")
 
 
 # ----------------------------------------------------------------------------------------------- status
