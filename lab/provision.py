@@ -52,8 +52,6 @@ class Placed:
     dest: str
     content: bytes
     mode: int = 0o644
-    #: (user, group) by name inside the host; None: root's
-    owner: tuple[str, str] | None = None
 
 
 def _repo_file(rel: str) -> bytes:
@@ -137,8 +135,6 @@ def place(host: Host, files: list[Placed]) -> list[str]:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, f.mode)  # a key is never readable by all
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), f.mode)
-            if f.owner is not None:
-                os.fchown(out.fileno(), *_ids(host, *f.owner))
             out.write(f.content)
     return changed
 
@@ -154,17 +150,6 @@ def stale_gateway_files(root: Path) -> list[str]:
         stale += sorted(f"{LOGGER_DIR}/{p.name}" for p in package.iterdir()
                         if p.name != "__pycache__" and f"{LOGGER_DIR}/{p.name}" not in wanted)
     return stale
-
-
-def _ids(host: Host, user: str, group: str) -> tuple[int, int]:
-    """Numeric ids of a user and group as the host's own /etc/passwd and /etc/group define them."""
-    def lookup(table: str, name: str) -> int:
-        for line in (host.root / "etc" / table).read_text().splitlines():
-            fields = line.split(":")
-            if fields[0] == name and len(fields) > 2:
-                return int(fields[2])
-        raise LabError(f"{host.name}: no {'user' if table == 'passwd' else 'group'} {name!r} in its /etc/{table}")
-    return lookup("passwd", user), lookup("group", group)
 
 
 def _enable(host: Host, unit: str) -> None:
