@@ -23,25 +23,36 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from datetime import datetime
 from typing import Any, Iterable
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
+    ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
+    Table,
+    column,
     create_engine,
     func,
     inspect,
     make_url,
+    select,
+    table,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL
@@ -52,7 +63,7 @@ URL_ENV = "POC1_DB_URL"
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 5000
 
-EXIT_OK, EXIT_DRIFT, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_OK, EXIT_DRIFT, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3
 CALL_ID_MAX = 256
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: alembic's bookkeeping table: not part of the models, never drift
@@ -117,6 +128,175 @@ class Response(Base):
     response_model: Mapped[str | None] = mapped_column(String(255))
 
     request: Mapped[Request] = relationship(back_populates="responses")
+
+
+# --------------------------------------------------------------------------------------------------
+# The partitioned layout (opt-in, issue 16: ``create --partition=daily|monthly``)
+#
+# The same tables and columns as the models, declaratively RANGE-partitioned on the request's time, so
+# old rows go by dropping whole partitions. PostgreSQL wants the partition key in every unique key, so
+# the keys become composite: requests PK (id, created_at) and UNIQUE (request_id, created_at);
+# responses carry their request's created_at (``request_created_at``, their partition key: a response
+# lives in its request's period), PK (id, request_created_at), FK (request_id_fk, request_created_at)
+# -> requests(id, created_at) ON DELETE CASCADE. On this layout the logger sets requests.created_at
+# itself, from the time in the request's id (``gateway_logger.bulk.request_time``), so a replay meets
+# its row; responses.created_at stays the writing transaction's now().
+
+PERIODS = ("daily", "monthly")
+#: periods made ahead of the current one: ``create`` run daily (a timer) keeps them ahead
+AHEAD = {"daily": 7, "monthly": 2}
+#: each table's partition key
+PARTITION_KEY = {"requests": "created_at", "responses": "request_created_at"}
+#: the safety net: a row whose time has no partition lands here (never lost), ``validate`` warns
+DEFAULT_SUFFIX = "_default"
+_NAME_FORMAT = {"daily": "%Y%m%d", "monthly": "%Y%m"}
+_NAME_RE = {"daily": re.compile(r"_p(\d{8})$"), "monthly": re.compile(r"_p(\d{6})$")}
+
+
+def _partitioned_metadata() -> MetaData:
+    """The models' tables with composite keys and ``PARTITION BY RANGE``: built from the models, so the
+    columns, types and defaults exist once."""
+    md = MetaData(naming_convention=Base.metadata.naming_convention)
+    for plain in (Request.__table__, Response.__table__):
+        key = PARTITION_KEY[plain.name]
+        cols = []
+        for c in plain.columns:
+            cols.append(Column(c.name, c.type, nullable=c.nullable and not c.primary_key,
+                               server_default=c.server_default.arg if c.server_default is not None else None,
+                               autoincrement=c.name == "id"))
+            if c.name == "request_id_fk":
+                cols.append(Column(key, DateTime(timezone=True), nullable=False))
+        extra: list[Any] = [PrimaryKeyConstraint("id", key, name=f"{plain.name}_pkey")]
+        for ix in plain.indexes:  # the models' indexes; a unique one, and the FK's, get the key too
+            names = [c.name for c in ix.columns]
+            if ix.unique or names == ["request_id_fk"]:
+                names.append(key)
+            extra.append(Index(ix.name, *names, unique=ix.unique))
+        if plain.name == "responses":
+            extra.append(ForeignKeyConstraint(["request_id_fk", key], ["requests.id", "requests.created_at"],
+                                              ondelete="CASCADE"))
+        Table(plain.name, md, *cols, *extra, postgresql_partition_by=f"RANGE ({key})")
+    return md
+
+
+#: the partitioned layout's parents (``validate`` compares a partitioned database with these)
+PARTITIONED = _partitioned_metadata()
+
+#: pg_catalog, only the columns used here
+PG_CLASS = table("pg_class", column("oid"), column("relname"), column("relkind"), column("relpartbound"),
+                 column("relispartition"))
+PG_INHERITS = table("pg_inherits", column("inhrelid"), column("inhparent"))
+
+
+def layout(conn: Connection) -> str:
+    """``plain``, ``partitioned``, ``none`` (neither table) or ``mixed`` (one of each: drift)."""
+    names = [Request.__tablename__, Response.__tablename__]
+    kinds = dict(conn.execute(select(PG_CLASS.c.relname, PG_CLASS.c.relkind).where(
+        PG_CLASS.c.oid.in_([func.to_regclass(n) for n in names]))).all())
+    found = {"p" if kinds.get(n) == "p" else "r" for n in names if n in kinds}
+    if not found:
+        return "none"
+    if found == {"p"}:
+        return "partitioned"
+    return "plain" if found == {"r"} else "mixed"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition as the catalog has it: its name and bound (``FOR VALUES ...`` in UTC)."""
+
+    parent: str
+    name: str
+    bound: str
+
+    @property
+    def default(self) -> bool:
+        return self.bound == "DEFAULT"
+
+
+def partitions(conn: Connection, parent: str) -> list[Partition]:
+    child = PG_CLASS.alias("child")
+    conn.execute(text("SET TIME ZONE 'UTC'"))  # bounds rendered in UTC, as ``bound_of`` writes them
+    rows = conn.execute(select(child.c.relname, func.pg_get_expr(child.c.relpartbound, child.c.oid))
+                        .select_from(PG_INHERITS.join(child, child.c.oid == PG_INHERITS.c.inhrelid))
+                        .where(PG_INHERITS.c.inhparent == func.to_regclass(parent))
+                        .order_by(child.c.relname)).all()
+    return [Partition(parent, name, bound) for name, bound in rows]
+
+
+def period_start(t: datetime, period: str) -> datetime:
+    t = t.astimezone(UTC)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "daily" else day.replace(day=1)
+
+
+def next_start(start: datetime, period: str) -> datetime:
+    if period == "daily":
+        return start + timedelta(days=1)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def partition_name(parent: str, start: datetime, period: str) -> str:
+    return f"{parent}_p{start.strftime(_NAME_FORMAT[period])}"
+
+
+def bound_of(start: datetime, period: str) -> str:
+    """The bound as PostgreSQL renders it (``pg_get_expr`` in UTC)."""
+    def ts(t: datetime) -> str:
+        return f"'{t:%Y-%m-%d %H:%M:%S}+00'"
+    return f"FOR VALUES FROM ({ts(start)}) TO ({ts(next_start(start, period))})"
+
+
+def start_of(name: str, period: str) -> datetime | None:
+    """The period a partition's name stands for (None: not one of ours)."""
+    m = _NAME_RE[period].search(name)
+    return datetime.strptime(m.group(1), _NAME_FORMAT[period]).replace(tzinfo=UTC) if m else None
+
+
+def live_period(conn: Connection) -> str | None:
+    """daily or monthly, from the names of the requests partitions (None if there is none of ours)."""
+    names = [p.name for p in partitions(conn, Request.__tablename__) if not p.default]
+    for period in PERIODS:
+        if names and all(start_of(n, period) for n in names):
+            return period
+    return None
+
+
+def wanted_starts(period: str, now: datetime) -> list[datetime]:
+    """The current period and ``AHEAD`` more."""
+    starts = [period_start(now, period)]
+    for _ in range(AHEAD[period]):
+        starts.append(next_start(starts[-1], period))
+    return starts
+
+
+def _quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def ensure_partitions(conn: Connection, period: str, now: datetime | None = None) -> list[str]:
+    """Create the default partitions and the periods from now to ``AHEAD`` that are missing (requests
+    first: a response's partition is its request's). Returns the partitions created. A period whose rows
+    already sit in the default partition cannot be created (PostgreSQL refuses): raised, one line."""
+    now = now or datetime.now(UTC)
+    made = []
+    for parent in (Request.__tablename__, Response.__tablename__):
+        have = {p.name for p in partitions(conn, parent)}
+        default = f"{parent}{DEFAULT_SUFFIX}"
+        if default not in have:
+            conn.execute(text(f"CREATE TABLE {_quote(conn, default)} PARTITION OF {_quote(conn, parent)} DEFAULT"))
+            made.append(default)
+        for start in wanted_starts(period, now):
+            name = partition_name(parent, start, period)
+            if name not in have:
+                conn.execute(text(f"CREATE TABLE {_quote(conn, name)} PARTITION OF {_quote(conn, parent)} "
+                                  f"{bound_of(start, period)}"))
+                made.append(name)
+    return made
+
+
+class Refused(Exception):
+    """A command that would do the wrong thing to this database (one line, nothing changed)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,32 +382,106 @@ def live_revision(connection: Any) -> str | None:
 BASELINE_REVISION = "0001"
 
 
-def create(url: str | URL) -> list[str]:
+def create(url: str | URL, partition: str | None = None, made: list[str] | None = None) -> list[str]:
     """Create the schema on an empty database, or migrate an existing POC-1 database to the models.
 
-    An empty database gets ``create_all`` and is stamped at the newest revision; a database made
-    before alembic came in (no version table) is the baseline; then alembic upgrades to head.
-    Returns the revisions applied (empty when already current)."""
+    An empty database gets ``create_all`` (of the models, or with ``partition`` of ``PARTITIONED`` plus
+    its partitions) and is stamped at the newest revision; a database made before alembic came in (no
+    version table) is the baseline; then alembic upgrades to head. An existing database keeps its
+    layout: a partitioned one gets the partitions ahead it lacks (``partition``, if given, must be its
+    period), a plain one is never partitioned (``Refused``). Returns the revisions applied (empty when
+    already current); the partitions created are appended to ``made``."""
     from alembic import command  # noqa: PLC0415
 
+    if partition is not None and partition not in PERIODS:
+        raise Refused(f"--partition must be one of {', '.join(PERIODS)}, not {partition!r}")
+    made = made if made is not None else []
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            tables = set(inspect(conn).get_table_names())
+            found = layout(conn)
             cfg = _alembic(conn)
-            if not tables & set(Base.metadata.tables):
-                Base.metadata.create_all(conn)
+            if found == "none":
+                (PARTITIONED if partition else Base.metadata).create_all(conn)
+                if partition:
+                    made += ensure_partitions(conn, partition)
                 command.stamp(cfg, "head")
                 return []
+            if found == "mixed":
+                raise Refused("one of requests/responses is partitioned and the other is not: "
+                              "fix by hand (db_init.py validate lists the differences)")
+            period = live_period(conn) if found == "partitioned" else None
+            if partition and found == "plain":
+                raise Refused(f"{Request.__tablename__} is a plain table: create --partition makes a new "
+                              "database partitioned, it does not convert one (nothing changed)")
+            if found == "partitioned" and partition and period and partition != period:
+                raise Refused(f"the database is partitioned {period}, not {partition} (nothing changed)")
             before = live_revision(conn)
             if before is None:
                 command.stamp(cfg, BASELINE_REVISION)
                 before = BASELINE_REVISION
             command.upgrade(cfg, "head")
             after = live_revision(conn)
+            if found == "partitioned":
+                if not (period or partition):
+                    raise Refused("partitioned, but no partition of ours tells daily from monthly: "
+                                  "pass --partition=daily|monthly")
+                made += ensure_partitions(conn, str(period or partition))
             return [] if after == before else [f"{before} -> {after}"]
     finally:
         engine.dispose()
+
+
+def parse_age(value: str) -> timedelta:
+    """``30d`` (days) or ``12h`` (hours): the ages ``prune --older-than`` accepts."""
+    m = re.fullmatch(r"\s*(\d+)\s*([dh])\s*", value or "")
+    if not m or int(m.group(1)) == 0:
+        raise Refused(f"--older-than takes a number of days or hours such as 30d or 12h, not {value!r}")
+    n = int(m.group(1))
+    return timedelta(days=n) if m.group(2) == "d" else timedelta(hours=n)
+
+
+#: prune waits at most this long for the tables' lock (the logger's statements are short): then it
+#: gives up instead of queueing every write behind it
+PRUNE_LOCK_TIMEOUT_MS = 2000
+
+
+def prune(url: str | URL, older_than: timedelta, now: datetime | None = None) -> list[str]:
+    """Drop the partitions whose whole period ended before ``now - older_than``: each period's responses
+    partition, then its requests partition, detached and dropped in one transaction (catalog work: no
+    row is scanned or deleted). The default partitions are never dropped. Returns what was dropped;
+    ``Refused`` on a plain layout (it would take a DELETE)."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    dropped: list[str] = []
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = layout(conn)
+            if found != "partitioned":
+                raise Refused(f"the log tables are {found}, not partitioned: prune drops partitions and "
+                              "never deletes rows (nothing changed)")
+            period = live_period(conn)
+            if period is None:
+                return []
+            conn.rollback()
+            old = sorted({start for p in partitions(conn, Request.__tablename__) + partitions(conn, Response.__tablename__)
+                          if (start := start_of(p.name, period)) and next_start(start, period) <= cutoff})
+            conn.rollback()
+            for start in old:
+                with conn.begin():
+                    conn.execute(text(f"SET LOCAL lock_timeout = {PRUNE_LOCK_TIMEOUT_MS}"))
+                    have = {p.name for parent in (Response.__tablename__, Request.__tablename__)
+                            for p in partitions(conn, parent)}
+                    for parent in (Response.__tablename__, Request.__tablename__):  # responses first: the FK
+                        name = partition_name(parent, start, period)
+                        if name in have:
+                            conn.execute(text(f"ALTER TABLE {_quote(conn, parent)} DETACH PARTITION "
+                                              f"{_quote(conn, name)}"))
+                            conn.execute(text(f"DROP TABLE {_quote(conn, name)}"))
+                            dropped.append(name)
+    finally:
+        engine.dispose()
+    return dropped
 
 
 @dataclass(frozen=True)
@@ -384,28 +638,91 @@ def drift_lines(diffs: Iterable[Any], dialect: Any) -> list[Drift]:
     return drifts
 
 
-def _primary_key_drift(insp: Any, live_tables: set[str]) -> list[Drift]:
+def _primary_key_drift(insp: Any, live_tables: set[str], metadata: MetaData | None = None) -> list[Drift]:
     """alembic's autogenerate does not compare primary keys (a documented limitation, confirmed by
     test_dropped_primary_key_is_named), so they are compared here with the inspector."""
     drifts = []
-    for table in Base.metadata.sorted_tables:
-        if table.name in live_tables:
-            have = insp.get_pk_constraint(table.name).get("constrained_columns") or []
-            want = [c.name for c in table.primary_key.columns]
+    for table_ in (metadata or Base.metadata).sorted_tables:
+        if table_.name in live_tables:
+            have = insp.get_pk_constraint(table_.name).get("constrained_columns") or []
+            want = [c.name for c in table_.primary_key.columns]
             if list(have) != want:
-                drifts.append(Drift(table.name, f"primary key is {have}, expected {want}"))
+                drifts.append(Drift(table_.name, f"primary key is {have}, expected {want}"))
     return drifts
 
 
-def compare(engine: Engine) -> list[Drift]:
+def _compare_opts(skip: set[str]) -> dict[str, Any]:
+    """``COMPARE_OPTS`` that also leave out ``skip`` (the partitions: their parents are compared)."""
+    def include(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+        return not (type_ == "table" and name in skip) and include_name(name, type_, parent_names)
+    return {**COMPARE_OPTS, "include_name": include}
+
+
+def partition_drift(conn: Connection, now: datetime | None = None) -> tuple[list[Drift], list[str]]:
+    """What a partitioned database lacks (drift: a default partition, the periods from now to ``AHEAD``,
+    a partition whose bound is not its name's, a period of one table without the other's) and warnings
+    (rows in a default partition: kept, but outside every period, so prune never drops them)."""
+    now = now or datetime.now(UTC)
+    drifts: list[Drift] = []
+    warnings: list[str] = []
+    period = live_period(conn)
+    if period is None:
+        return [Drift(Request.__tablename__, "no daily or monthly partition (run db_init.py create --partition=...)")], []
+    starts: dict[str, set[datetime]] = {}
+    for parent, key in PARTITION_KEY.items():
+        parts = partitions(conn, parent)
+        starts[parent] = set()
+        default = f"{parent}{DEFAULT_SUFFIX}"
+        for p in parts:
+            start = start_of(p.name, period)
+            if p.default:
+                if p.name != default:
+                    drifts.append(Drift(parent, f"default partition is {p.name}, expected {default}"))
+                rows = conn.execute(select(func.count()).select_from(
+                    select(text("1")).select_from(table(p.name)).limit(1000).subquery())).scalar_one()
+                if rows:
+                    warnings.append(f"{parent}: {'1000+' if rows >= 1000 else rows} row(s) in the default "
+                                    f"partition {p.name} ({key} outside every {period} "
+                                    "partition; prune never drops them)")
+            elif start is None:
+                drifts.append(Drift(parent, f"extra partition {p.name} (not {period} {parent}_p...)"))
+            elif p.bound != bound_of(start, period):
+                drifts.append(Drift(parent, f"partition {p.name} is {p.bound}, expected {bound_of(start, period)}"))
+            else:
+                starts[parent].add(start)
+        if default not in {p.name for p in parts}:
+            drifts.append(Drift(parent, f"missing default partition {default} (a row outside every "
+                                        "partition would be refused)"))
+        for start in wanted_starts(period, now):
+            if start not in starts[parent]:
+                drifts.append(Drift(parent, f"missing {period} partition {partition_name(parent, start, period)} "
+                                            f"for {start:%Y-%m-%d} (run db_init.py create)"))
+    req, resp = (starts[t] for t in PARTITION_KEY)
+    for start in sorted(req ^ resp):
+        lacking = Response.__tablename__ if start in req else Request.__tablename__
+        drifts.append(Drift(lacking, f"no partition {partition_name(lacking, start, period)} for the other "
+                                     "table's period (a request and its responses share a period)"))
+    return drifts, warnings
+
+
+def compare(engine: Engine, warnings: list[str] | None = None) -> list[Drift]:
     """Every difference between the models and the live database: the migration revision, then what
     alembic's ``compare_metadata`` finds (tables, columns, types, nullability, server defaults,
-    indexes, unique constraints, FKs with their ON DELETE), then primary keys."""
+    indexes, unique constraints, FKs with their ON DELETE), then primary keys. A partitioned database is
+    compared with ``PARTITIONED`` (its parents: the partitions are left out of alembic's view), then its
+    partitions (``partition_drift``; its warnings are appended to ``warnings``)."""
     from alembic.autogenerate import compare_metadata  # noqa: PLC0415
     from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
 
     drifts: list[Drift] = []
     with engine.connect() as conn:
+        found = layout(conn)
+        if found == "mixed":
+            drifts.append(Drift(Request.__tablename__, "requests and responses are not both partitioned "
+                                                       "or both plain"))
+        metadata = PARTITIONED if found == "partitioned" else Base.metadata
+        skip = ({p.name for parent in PARTITION_KEY for p in partitions(conn, parent)}
+                if found in ("partitioned", "mixed") else set())
         insp = inspect(conn)
         live_tables = set(insp.get_table_names())
         have, want = live_revision(conn), head_revision()
@@ -413,16 +730,25 @@ def compare(engine: Engine) -> list[Drift]:
             have = have or "none (made before migrations)"
             drifts.append(Drift(VERSION_TABLE, f"schema revision is {have}, expected {want}: "
                                                "run db_init.py create to migrate"))
-        context = MigrationContext.configure(conn, opts=COMPARE_OPTS)
-        drifts += drift_lines(compare_metadata(context, Base.metadata), engine.dialect)
-        drifts += _primary_key_drift(insp, live_tables)
+        context = MigrationContext.configure(conn, opts=_compare_opts(skip) if skip else COMPARE_OPTS)
+        diffs = compare_metadata(context, metadata)
+        if skip:  # PostgreSQL's clones of the parents' FK, one per referenced partition: not drift
+            diffs = [d for d in diffs if not (isinstance(d, tuple) and d[0] == "remove_fk"
+                                              and _fk_text(d[-1]).split(" -> ")[1].split("(")[0] in skip)]
+        drifts += drift_lines(diffs, engine.dialect)
+        drifts += _primary_key_drift(insp, live_tables, metadata)
+        if found == "partitioned":
+            more, warned = partition_drift(conn)
+            drifts += more
+            if warnings is not None:
+                warnings += warned
     return drifts
 
 
-def validate(url: str | URL) -> list[Drift]:
+def validate(url: str | URL, warnings: list[str] | None = None) -> list[Drift]:
     engine = make_engine(url)
     try:
-        return compare(engine)
+        return compare(engine, warnings)
     finally:
         engine.dispose()
 
@@ -430,12 +756,36 @@ def validate(url: str | URL) -> list[Drift]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("create", "create the tables and indexes (idempotent)"),
-                        ("validate", "compare the live schema with the models")):
+    for name, help_ in (("create", "create the tables and indexes (idempotent; partitioned: the partitions ahead)"),
+                        ("validate", "compare the live schema with the models"),
+                        ("prune", "drop the partitions older than --older-than (partitioned layout only)")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--url", default=os.environ.get(URL_ENV),
                        help=f"SQLAlchemy database URL (default: ${URL_ENV})")
+        if name == "create":
+            p.add_argument("--partition", choices=PERIODS, default=None,
+                           help="a new database: partition both tables by day or month (opt-in)")
+        if name == "prune":
+            p.add_argument("--older-than", required=True, help="an age such as 30d (days) or 12h (hours)")
     return parser.parse_args(argv)
+
+
+def _report(target: str, drifts: list[Drift], warnings: list[str], created: bool) -> int:
+    for w in warnings:
+        print(f"db_init: warning: {w}", file=sys.stderr)
+    if drifts:
+        if created:
+            print(f"db_init: created, but {target} still differs from the models:", file=sys.stderr)
+        else:
+            print(f"db_init: schema drift on {target} ({len(drifts)}):")
+        for d in drifts:
+            print(f"  - {d}", file=sys.stderr if created else sys.stdout)
+        return EXIT_DRIFT
+    if created:
+        print(f"db_init: schema present on {target}")
+    else:
+        print(f"db_init: schema on {target} matches the models ({len(Base.metadata.tables)} tables)")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,20 +799,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         print("db_init: the database URL is not a valid SQLAlchemy URL", file=sys.stderr)
         return EXIT_UNREACHABLE
+    warnings: list[str] = []
     try:
+        if args.command == "prune":
+            age = parse_age(args.older_than)
+            dropped = prune(args.url, age)
+            for name in dropped:
+                print(f"db_init: dropped partition {name} on {target}")
+            print(f"db_init: pruned {target}: {len(dropped)} partition(s) older than {args.older_than} dropped")
+            return EXIT_OK
         if args.command == "create":
-            migrated = create(args.url)
+            made: list[str] = []
+            migrated = create(args.url, args.partition, made)
             for step in migrated:
                 print(f"db_init: migrated {target}: {step}")
-            drifts = validate(args.url)
-            if drifts:
-                print(f"db_init: created, but {target} still differs from the models:", file=sys.stderr)
-                for d in drifts:
-                    print(f"  - {d}", file=sys.stderr)
-                return EXIT_DRIFT
-            print(f"db_init: schema present on {target}")
-            return EXIT_OK
-        drifts = validate(args.url)
+            for name in made:
+                print(f"db_init: created partition {name} on {target}")
+            return _report(target, validate(args.url, warnings), warnings, created=True)
+        drifts = validate(args.url, warnings)
+    except Refused as exc:
+        print(f"db_init: refused on {target}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except SQLAlchemyError as exc:
         print(f"db_init: cannot reach {target}: {one_line_cause(exc, args.url)}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -470,13 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"db_init: cannot reach {target}: {type(exc).__name__}: {one_line_cause(exc, args.url)}",
               file=sys.stderr)
         return EXIT_UNREACHABLE
-    if drifts:
-        print(f"db_init: schema drift on {target} ({len(drifts)}):")
-        for d in drifts:
-            print(f"  - {d}")
-        return EXIT_DRIFT
-    print(f"db_init: schema on {target} matches the models ({len(Base.metadata.tables)} tables)")
-    return EXIT_OK
+    return _report(target, drifts, warnings, created=False)
 
 
 if __name__ == "__main__":

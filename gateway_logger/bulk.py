@@ -20,12 +20,15 @@ statements.
 """
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 import db_init
+from gateway_logger.calls import request_id_time
 from gateway_logger.documents import compact_json
 from gateway_logger.rows import utc_datetime
 
@@ -42,19 +45,72 @@ DOCUMENTS = frozenset({"payload", "content"})
 TIMES = frozenset({"start_time", "end_time"})  # epoch seconds in the record, timestamptz in the table
 
 
-def _statement() -> str:
+def _statement(partitioned: bool = False) -> str:
+    """The batch's statement; on the partitioned layout (``db_init.PARTITIONED``) the request's time is a
+    value of the batch (``created_at``, part of the unique key a replay meets) and the responses carry it."""
     req, resp = Request.__tablename__, Response.__tablename__
-    columns = [*REQUEST_COLUMNS, *RESPONSE_COLUMNS]
+    req_columns = [*REQUEST_COLUMNS, *([CREATED_AT] if partitioned else [])]
+    columns = [*REQUEST_COLUMNS, *RESPONSE_COLUMNS, *([CREATED_AT] if partitioned else [])]
+    key = ", ".join(conflict_key(partitioned))
+    returned, fk, fk_values = (("id, request_id, created_at", f"request_id_fk, {REQUEST_CREATED_AT}",
+                                "ins.id, ins.created_at") if partitioned else
+                               ("id, request_id", "request_id_fk", "ins.id"))
     return (
         f"WITH v ({', '.join(columns)}) AS (VALUES %s), "
-        f"ins AS (INSERT INTO {req} ({', '.join(REQUEST_COLUMNS)}) "
-        f"SELECT {', '.join(f'v.{c}' for c in REQUEST_COLUMNS)} FROM v "
-        f"ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id), "
-        f"resp AS (INSERT INTO {resp} (request_id_fk, {', '.join(RESPONSE_COLUMNS)}) "
-        f"SELECT ins.id, {', '.join(f'v.{c}' for c in RESPONSE_COLUMNS)} "
+        f"ins AS (INSERT INTO {req} ({', '.join(req_columns)}) "
+        f"SELECT {', '.join(f'v.{c}' for c in req_columns)} FROM v "
+        f"ON CONFLICT ({key}) DO NOTHING RETURNING {returned}), "
+        f"resp AS (INSERT INTO {resp} ({fk}, {', '.join(RESPONSE_COLUMNS)}) "
+        f"SELECT {fk_values}, {', '.join(f'v.{c}' for c in RESPONSE_COLUMNS)} "
         f"FROM ins JOIN v ON v.request_id = ins.request_id) "
         # a data-modifying CTE runs to completion whether or not the query reads it
         f"SELECT request_id FROM ins")
+
+
+#: the partition keys of the partitioned layout (db_init.PARTITION_KEY)
+CREATED_AT, REQUEST_CREATED_AT = db_init.PARTITION_KEY["requests"], db_init.PARTITION_KEY["responses"]
+
+
+def conflict_key(partitioned: bool) -> list[str]:
+    """The unique key a replayed row meets: ``request_id``; with the partition key on that layout."""
+    return ["request_id", CREATED_AT] if partitioned else ["request_id"]
+
+
+def tables(partitioned: bool) -> tuple[Any, Any]:
+    """The requests and responses tables of the live layout (for statements built with SQLAlchemy)."""
+    if partitioned:
+        return db_init.PARTITIONED.tables[Request.__tablename__], db_init.PARTITIONED.tables[Response.__tablename__]
+    return Request.__table__, Response.__table__
+
+
+#: a call lasts at most this long (its id's time is before its end by less); the clocks may differ this much
+CALL_MAX_S, CLOCK_SLACK_S = 86_400.0, 300.0
+
+
+def request_time(record: dict[str, Any]) -> datetime:
+    """The partitioned layout's ``created_at`` of a record: the time in its request id (when the gateway
+    took the request: the same for each event of it and for a replay). An id without a time that fits the
+    call (issued before the time was put in it, or not the logger's) falls back to the record's own end,
+    else start: still the same on a replay of the same record."""
+    req = record["request"]
+    end, start = req.get("end_time"), req.get("start_time")
+    anchor = next((t for t in (end, start) if isinstance(t, (int, float))), None)
+    issued = request_id_time(req.get("request_id"))
+    if issued is not None and (anchor is None or anchor - CALL_MAX_S <= issued <= anchor + CLOCK_SLACK_S):
+        return datetime.fromtimestamp(issued, UTC)
+    return datetime.fromtimestamp(anchor if anchor is not None else time.time(), UTC)
+
+
+#: where a connection's layout is kept (``Connection.connection.info``: lives as long as the DBAPI connection)
+LAYOUT_INFO = "poc1_partitioned"
+
+
+def partitioned(conn: Connection) -> bool:
+    """Whether the log tables are partitioned, asked once per DBAPI connection (``db_init.layout``)."""
+    info = conn.connection.info
+    if LAYOUT_INFO not in info:
+        info[LAYOUT_INFO] = db_init.layout(conn) == "partitioned"
+    return bool(info[LAYOUT_INFO])
 
 
 #: the statement, split where the VALUES list goes (built once: it does not depend on the batch)
@@ -62,9 +118,13 @@ STATEMENT = _statement()
 STATEMENT_HEAD, STATEMENT_TAIL = (part.encode() for part in STATEMENT.split("%s"))
 #: one row of the VALUES list: typed placeholders (a column of NULLs would otherwise be text)
 TEMPLATE = "(" + ", ".join(f"%s::{t}" for t in (*REQUEST_COLUMNS.values(), *RESPONSE_COLUMNS.values())) + ")"
+#: the same on the partitioned layout: the request's time last
+PARTITIONED_STATEMENT = _statement(partitioned=True)
+PARTITIONED_HEAD, PARTITIONED_TAIL = (part.encode() for part in PARTITIONED_STATEMENT.split("%s"))
+PARTITIONED_TEMPLATE = TEMPLATE[:-1] + ", %s::timestamptz)"
 
 
-def _row(record: dict[str, Any]) -> tuple[Any, ...]:
+def _row(record: dict[str, Any], partitioned: bool = False) -> tuple[Any, ...]:
     req, resp = record["request"], record["response"]
     values: list[Any] = []
     for part, columns in ((req, REQUEST_COLUMNS), (resp, RESPONSE_COLUMNS)):
@@ -77,6 +137,8 @@ def _row(record: dict[str, Any]) -> tuple[Any, ...]:
             values.append(v)
     if values[1] is None:
         values[1] = values[0]  # spooled before migration 0002: request_id = call id
+    if partitioned:
+        values.append(request_time(record))
     return tuple(values)
 
 
@@ -101,10 +163,13 @@ def write_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> set[str]
     if not records:
         return set()
     raw = _dbapi(conn)
+    part = partitioned(conn)
+    template, head, tail = ((PARTITIONED_TEMPLATE, PARTITIONED_HEAD, PARTITIONED_TAIL) if part
+                            else (TEMPLATE, STATEMENT_HEAD, STATEMENT_TAIL))
     try:
         with raw.cursor() as cur:
-            values = b",".join([cur.mogrify(TEMPLATE, _row(r)) for r in records])  # psycopg2's C quoting
-            cur.execute(STATEMENT_HEAD + values + STATEMENT_TAIL)
+            values = b",".join([cur.mogrify(template, _row(r, part)) for r in records])  # psycopg2's C quoting
+            cur.execute(head + values + tail)
             return {rid for (rid,) in cur.fetchall()}
     except DBAPIError:
         raise

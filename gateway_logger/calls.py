@@ -24,9 +24,23 @@ def _id_tag(nonce: str) -> str:
 
 
 def new_request_id() -> str:
-    """``gw-<32 hex random>-<16 hex tag>``: unique per HTTP request, unguessable, checkable here."""
-    nonce = secrets.token_hex(16)
+    """``gw-<12 hex: ms since the epoch><20 hex random>-<16 hex tag>``: unique per HTTP request,
+    unguessable (80 random bits), checkable here. The time is when the gateway took the request: every
+    event of the request, and a replay of its record, carry it, so the partitioned layout's
+    ``created_at`` (``bulk.request_time``) is the same for all of them."""
+    nonce = f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
     return f"gw-{nonce}-{_id_tag(nonce)}"
+
+
+def request_id_time(value: Any) -> float | None:
+    """The epoch seconds a ``new_request_id`` id carries (None if not of that shape; an id issued before
+    the time was put in it gives a meaningless time: ``bulk.request_time`` checks it against the call)."""
+    if not isinstance(value, str) or len(value) != 52 or not value.startswith("gw-"):
+        return None
+    try:
+        return int(value[3:15], 16) / 1000.0
+    except ValueError:
+        return None
 
 
 def issued_request_id(value: Any) -> str | None:

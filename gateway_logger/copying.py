@@ -21,14 +21,24 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 import db_init
-from gateway_logger.bulk import DOCUMENTS, TIMES, _dbapi, driver_error
+from gateway_logger.bulk import (
+    CREATED_AT,
+    DOCUMENTS,
+    REQUEST_CREATED_AT,
+    TIMES,
+    _dbapi,
+    driver_error,
+    partitioned,
+    request_time,
+)
 from gateway_logger.documents import compact_json
 
 Request, Response = db_init.Request, db_init.Response
 
 #: batches of at least this many calls are copied
 COPY_FROM = 64
-#: the columns COPY fills (the table's own defaults fill ``id`` of responses and ``created_at``)
+#: the columns COPY fills (the table's own defaults fill ``id`` of responses and ``created_at``; on the
+#: partitioned layout requests.created_at and responses.request_created_at too: ``PARTITIONED_FORMATS``)
 REQUEST_COLUMNS = ("id", "request_id", "call_id", "route", "model", "payload", "status_code", "user_id",
                    "api_key", "start_time", "end_time")
 RESPONSE_COLUMNS = ("request_id_fk", "latency_ms", "content", "prompt_tokens", "completion_tokens",
@@ -81,6 +91,8 @@ def _stream(rows: Iterable[dict[str, Any]], formats: tuple[tuple[str, Callable[[
 
 
 REQUEST_FORMATS, RESPONSE_FORMATS = _formats(REQUEST_COLUMNS), _formats(RESPONSE_COLUMNS)
+#: the partitioned layout: the request's time (``bulk.request_time``) in both tables, as its partition key
+PARTITIONED_FORMATS = (_formats((*REQUEST_COLUMNS, CREATED_AT)), _formats((*RESPONSE_COLUMNS, REQUEST_CREATED_AT)))
 
 
 def copy_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> int:
@@ -92,6 +104,8 @@ def copy_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> int:
         return 0
     raw = _dbapi(conn)
     sql = "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)"
+    part = partitioned(conn)
+    request_formats, response_formats = PARTITIONED_FORMATS if part else (REQUEST_FORMATS, RESPONSE_FORMATS)
     try:
         with raw.cursor() as cur:
             cur.execute(sql, (Request.__tablename__, len(records)))
@@ -100,8 +114,11 @@ def copy_batch(conn: Connection, chosen: dict[str, dict[str, Any]]) -> int:
             for req in requests:
                 req.setdefault("call_id", req["request_id"])  # spooled before migration 0002
             responses = [dict(r["response"], request_id_fk=pk) for r, pk in zip(records, ids)]
-            for table, formats, rows in ((Request.__tablename__, REQUEST_FORMATS, requests),
-                                         (Response.__tablename__, RESPONSE_FORMATS, responses)):
+            if part:
+                for r, req, resp in zip(records, requests, responses):
+                    req[CREATED_AT] = resp[REQUEST_CREATED_AT] = request_time(r).isoformat()
+            for table, formats, rows in ((Request.__tablename__, request_formats, requests),
+                                         (Response.__tablename__, response_formats, responses)):
                 sql = f"COPY {table} ({', '.join(c for c, _ in formats)}) FROM STDIN"
                 cur.copy_expert(sql, _stream(rows, formats), size=1 << 20)
     except DBAPIError:

@@ -121,34 +121,42 @@ def insert_rows(engine: Engine, records: list[dict[str, Any]], chosen: dict[str,
         p.setdefault("call_id", p["request_id"])  # spooled before migration 0002: request_id = call id
         p["start_time"], p["end_time"] = utc_datetime(p.get("start_time")), utc_datetime(p.get("end_time"))
         req_params.append(p)
-    stmt = (pg_insert(Request).on_conflict_do_nothing(index_elements=[Request.request_id])
-            .returning(Request.id, Request.request_id))
     with engine.connect() as conn:
         conn.execution_options(isolation_level="READ COMMITTED")  # back to the engine's at check-in
         with conn.begin():
+            part = bulk.partitioned(conn)  # the partitioned layout: the request's time is part of the keys
+            requests, responses = bulk.tables(part)
+            if part:
+                for p, r in zip(req_params, chosen.values()):
+                    p[bulk.CREATED_AT] = bulk.request_time(r)
+            at = {p["request_id"]: {bulk.REQUEST_CREATED_AT: p[bulk.CREATED_AT]} if part else {} for p in req_params}
+            stmt = (pg_insert(requests).on_conflict_do_nothing(index_elements=bulk.conflict_key(part))
+                    .returning(requests.c.id, requests.c.request_id))
             _test_delay(test_delay_ms)
             ids = {rid: pk for pk, rid in conn.execute(stmt, req_params).all()}
             # rare path: a call already logged; a success replaces a failure logged for it before
             successes = [p for p in req_params if p["request_id"] not in ids and succeeded(p)]
-            replaced = replace_failures(conn, successes) if successes else {}
-            resp_params = [dict(chosen[rid]["response"], request_id_fk=pk)
+            replaced = replace_failures(conn, successes, part) if successes else {}
+            resp_params = [dict(chosen[rid]["response"], request_id_fk=pk, **at[rid])
                            for rid, pk in (*ids.items(), *replaced.items())]
             if resp_params:
-                conn.execute(pg_insert(Response), resp_params)
+                conn.execute(pg_insert(responses), resp_params)
     return Written(len(ids), len(replaced), len(records) - len(ids) - len(replaced))
 
 
-def replace_failures(conn: Any, successes: list[dict[str, Any]]) -> dict[str, int]:
+def replace_failures(conn: Any, successes: list[dict[str, Any]], partitioned: bool = False) -> dict[str, int]:
     """LiteLLM retries inside one call: the failed attempt's event can come first, under the same
     call id, then the success the client got. Upgrade such rows (request_id -> id) and drop the
     failure's response row; a row already logged as a success is left as it is."""
-    stmt = pg_insert(Request)
-    columns = [c for c in successes[0] if c != "request_id"]
+    requests, responses = bulk.tables(partitioned)
+    key = bulk.conflict_key(partitioned)
+    stmt = pg_insert(requests)
+    columns = [c for c in successes[0] if c not in key]
     stmt = (stmt.on_conflict_do_update(
-        index_elements=[Request.request_id], set_={c: stmt.excluded[c] for c in columns},
-        where=(Request.status_code >= FAILED_FROM) & (stmt.excluded.status_code < FAILED_FROM))
-        .returning(Request.id, Request.request_id))
+        index_elements=key, set_={c: stmt.excluded[c] for c in columns},
+        where=(requests.c.status_code >= FAILED_FROM) & (stmt.excluded.status_code < FAILED_FROM))
+        .returning(requests.c.id, requests.c.request_id))
     replaced = {rid: pk for pk, rid in conn.execute(stmt, successes).all()}
     if replaced:
-        conn.execute(delete(Response).where(Response.request_id_fk.in_(list(replaced.values()))))
+        conn.execute(delete(responses).where(responses.c.request_id_fk.in_(list(replaced.values()))))
     return replaced
