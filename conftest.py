@@ -23,6 +23,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="inventory group to sign off (default: local, the embedded lab)")
     group.addoption("--inventory", default=str(ROOT / "hosts.yml"), metavar="PATH",
                     help="Ansible-compatible YAML inventory (default: hosts.yml at the repository root)")
+    group.addoption("--extra-inventory", action="append", default=[], metavar="PATH",
+                    help="another inventory read after --inventory, groups merged (as ansible -i A -i B); "
+                         "for --hosts=local with the default inventory, the embedded lab's fleet file "
+                         "(lab/fleet.py) when the lab has several gateways")
     group.addoption("--evidence-dir", default=str(ROOT / "POC-1" / "evidence"), metavar="DIR",
                     help="where the artifacts and manifest.json go; emptied at the start (default: POC-1/evidence)")
     group.addoption("--unit-state", default=None, metavar="PATH",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from acceptance import hookspecs, registry, versions
+from acceptance import fleet, hookspecs, registry, versions
 from evidence_writers.bundle import EvidenceDirError
 from evidence_writers.manifest import build_manifest
 from evidence_writers.redaction import SecretLeak
@@ -58,8 +58,13 @@ def configure(config: pytest.Config) -> None:
     base = Path(config.invocation_params.dir)
     inventory = base / config.getoption("inventory")
     group = config.getoption("hosts")
+    extras = [base / p for p in config.getoption("extra_inventory")]
+    if not extras and inventory.resolve() == (ROOT / "hosts.yml").resolve():
+        from lab import fleet  # the embedded lab of several gateways adds gateway-2.. to group local
+
+        extras = fleet.suite_sources(group)
     try:
-        target = load_target(inventory, group)
+        target = load_target(inventory, group, extra_sources=tuple(extras))
     except InventoryError as exc:
         raise pytest.UsageError(f"inventory: {exc}") from None
     ctx = RunContext(target=target, evidence_dir=(base / config.getoption("evidence_dir")).resolve(),
@@ -100,6 +105,17 @@ class AcceptancePlugin:
         self._t0 = time.monotonic()
 
     # -- collection ------------------------------------------------------------------------------------
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """A fleet (several gateway hosts): each check about a gateway runs once per gateway host (test id =
+        the host's name); check 6 only on the one gateway ``overhead_gateway`` names (acceptance/fleet.py)."""
+        target = self.ctx.target
+        if not target.fleet or "gateway" not in metafunc.fixturenames:
+            return
+        marker = metafunc.definition.get_closest_marker("check")
+        cid = str(marker.args[0]) if marker and marker.args else None
+        names = fleet.gateways_of(cid, target)
+        metafunc.parametrize("gateway", names, ids=names)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
@@ -107,11 +123,18 @@ class AcceptancePlugin:
             if cid is not None and cid not in registry.BY_ID:
                 raise pytest.UsageError(f"{item.nodeid}: unknown check id {cid!r} "
                                         f"(registry: {', '.join(registry.BY_ID)})")
-        items.sort(key=lambda it: registry.RUN_ORDER.get(check_id(it) or "", len(registry.RUN_ORDER)))
+        gateways = {g.name: i for i, g in enumerate(self.ctx.target.gateways)}
+
+        def order(it: pytest.Item) -> tuple[int, int]:
+            params = getattr(it, "callspec", None)
+            host = params.params.get("gateway") if params is not None else None
+            return (registry.RUN_ORDER.get(check_id(it) or "", len(registry.RUN_ORDER)), gateways.get(host, 0))
+
+        items.sort(key=order)  # check by check, each over the gateway hosts (check 1 last on every host)
 
     def pytest_report_header(self) -> list[str]:
         t = self.ctx.target
-        hosts = ", ".join(f"{h.name} {h.address}" for h in t.hosts.values())
+        hosts = ", ".join(f"{h.name} {h.address}" for h in (*t.gateways, t.db))
         return [f"POC-1 acceptance: target {t.group} from {t.inventory} ({hosts}); "
                 f"evidence: {self.ctx.evidence_dir}"]
 
@@ -142,18 +165,23 @@ class AcceptancePlugin:
             progress.outcome = "passed"
         report.sections = [(k, redact(v)) for k, v in report.sections]
         if report.when == "teardown":
-            self._finish(cid, progress)
+            params = getattr(item, "callspec", None)
+            gateway = params.params.get("gateway") if params is not None else None
+            host = fleet.part_host(cid, self.ctx.target, str(gateway)) if gateway else None
+            self._finish(cid, progress, host)
         return report
 
-    def _finish(self, cid: str, progress: _Progress) -> None:
-        """Write the check's artifacts (with its outcome) and fold this test's outcome into its result."""
+    def _finish(self, cid: str, progress: _Progress, host: str | None = None) -> None:
+        """Write the check's artifacts (with its outcome) and fold this test's outcome into its result; in a
+        fleet run, this test is one gateway host's part (fleet.fold)."""
         outcome = progress.outcome or "error"
         cause = progress.cause if outcome != "passed" else None
         spec = registry.BY_ID[cid]
-        evidence = self.ctx.evidence_for(cid, spec.title)
+        evidence = self.ctx.evidence_for(cid, spec.title, host)
         for name in spec.artifacts:
             kind = artifact_kind(name)
-            if name not in evidence.documents and kind != "binary":  # a picture cannot say why it is absent
+            if evidence.artifact_name(name) not in evidence.documents and kind != "binary":  # a picture
+                # cannot say why it is absent
                 doc = evidence.json(name) if kind == "json" else evidence.text(name)
                 note = f"check {cid} ended before writing this artifact"
                 if kind == "json":
@@ -172,8 +200,11 @@ class AcceptancePlugin:
         order = list(evidence.documents).index
         evidence.artifacts = sorted(set(evidence.artifacts) | set(written), key=order)
         evidence.duration_s += progress.duration
-        for name in written:  # the artifact records carry their check's final outcome
-            self.ctx.bundle.records[name].outcome = evidence.outcome
+        if host is not None:
+            evidence = fleet.fold(self.ctx.evidence_for(cid, spec.title), evidence, SEVERITY, CAUSE_LIMIT)
+        for name in evidence.artifacts:  # the artifact records carry their check's final outcome
+            if name in self.ctx.bundle.records:
+                self.ctx.bundle.records[name].outcome = evidence.outcome
 
     @property
     def results(self) -> list[CheckResult]:
@@ -194,7 +225,7 @@ class AcceptancePlugin:
                 run_id=self.ctx.run_id, started=self.ctx.started,
                 finished=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 target=self.ctx.target.group,
-                hosts={h.name: h.address for h in self.ctx.target.hosts.values()},
+                hosts={h.name: h.address for h in (*self.ctx.target.gateways, self.ctx.target.db)},
                 checks=self.results, required=[c.id for c in registry.CHECKS], missing=[],
                 artifacts=sorted(self.ctx.bundle.records.values(),
                                  key=lambda a: (registry.ORDER.get(a.check, 99), a.path)),

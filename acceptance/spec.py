@@ -21,6 +21,13 @@ class CheckSpec:
     artifacts: tuple[str, ...] = ()
     #: None = runs in ``order``; n = runs after every other check, n-th of those that run last
     run_last: int | None = None
+    #: with several gateway hosts: "each" = runs once per gateway host (per-host artifacts and rows, one
+    #: result); "one" = runs on the one gateway host the group var ``overhead_gateway`` names (acceptance/fleet.py)
+    gateways: str = "each"
+
+    def __post_init__(self) -> None:
+        if self.gateways not in ("each", "one"):
+            raise ValueError(f"check {self.id}: gateways must be 'each' or 'one', not {self.gateways!r}")
 
     @property
     def mark(self) -> pytest.MarkDecorator:

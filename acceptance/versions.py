@@ -184,14 +184,16 @@ def files_match(repo: Mapping[str, str], gateway: Mapping[str, str]) -> dict[str
             LOGGER: not any(n.startswith(LOGGER) for n in differ)}
 
 
-def gateway_versions(ctx: RunContext) -> dict[str, Any]:
-    v = ctx.target.vars
+def gateway_versions(ctx: RunContext, name: str | None = None) -> dict[str, Any]:
+    """What gateway host ``name`` (default: the first) runs: its python's packages, the deployed files."""
+    target, hosts = ctx.view(name or ctx.gateway_names[0])
+    v = target.vars
     files = {SCHEMA: gateway_path(v, SCHEMA), LOGGER: gateway_path(v, LOGGER).rstrip("/"),
              CONFIG: gateway_path(v, CONFIG)}
     args = " ".join(shlex.quote(f"{k}={p}") for k, p in files.items())
     cmd = f"{shlex.quote(str(v['gateway_python']))} -c {shlex.quote(_GATEWAY_PROBE)} {args}"
     try:
-        res = ctx.hosts.gateway.run(cmd)
+        res = hosts.gateway.run(cmd)
     except CheckFailure as exc:
         return {"error": str(exc)}
     if res.rc != 0:
@@ -226,10 +228,13 @@ def collect(ctx: RunContext) -> dict[str, Any]:
     gateway = gateway_versions(ctx)
     repo = repo_files()
     gw_files = gateway.get("files", {}) if isinstance(gateway.get("files"), dict) else {}
-    return {
+    lock = {
         "suite": {**git_commit(), "files": repo, "code_sha256": code_sha256(repo)},
         "runner": runner_versions(),
         "gateway": gateway,
         "db": db_versions(ctx),
         "files_match": files_match(repo, gw_files),
     }
+    if ctx.target.fleet:  # the other gateway hosts of a fleet, by inventory name ("gateway" is the first)
+        lock["other_gateways"] = {name: gateway_versions(ctx, name) for name in ctx.gateway_names[1:]}
+    return lock

@@ -8,6 +8,7 @@ evidence_writers/verdict.py's ``decide``, the only rule.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,14 @@ from evidence_writers.writers import Document
 #: how an outcome is shown to a signer (None: the check did not run)
 SHOWN = {"passed": "PASS", "failed": "FAIL", "error": "FAIL", "skipped": "SKIPPED", None: "NOT RUN"}
 NOT_RUN_CAUSE = "the check did not run"
+
+
+def host_artifact(name: str, host: str) -> str:
+    """One gateway host's copy of an artifact in a fleet run: ``chat_call.json`` -> ``chat_call.gw-2.json``
+    (the bundle holds plain file names only)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", host).strip(".") or "host"
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.{safe}.{ext}" if dot and stem else f"{name}.{safe}"
 
 
 @dataclass
@@ -35,9 +44,16 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
     #: the artifacts being assembled, written when the check ends (never in the manifest)
     documents: dict[str, Document] = field(default_factory=dict, repr=False, compare=False)
+    #: a fleet run: the gateway host this part of the check is about (its artifacts carry its name)
+    host: str | None = field(default=None, repr=False, compare=False)
+
+    def artifact_name(self, name: str) -> str:
+        """The bundle's name of the check's artifact ``name`` (per host in a fleet run)."""
+        return host_artifact(name, self.host) if self.host else name
 
     # -- while the check runs --------------------------------------------------------------------------
     def _open(self, name: str, kind: str) -> Document:
+        name = self.artifact_name(name)
         doc = self.documents.get(name)
         if doc is None:
             doc = self.documents[name] = Document(name=name, kind=kind, check=self.id)
@@ -57,6 +73,8 @@ class CheckResult:
 
     def adopt(self, doc: Document) -> None:
         """A document made elsewhere for this check (e.g. by a session fixture) becomes its artifact."""
+        if self.host and host_artifact("a.b", self.host)[1:-1] not in doc.name:  # not yet this host's name
+            doc.name = self.artifact_name(doc.name)
         self.documents[doc.name] = doc
 
     # -- as the manifest holds it ----------------------------------------------------------------------

@@ -264,6 +264,11 @@ def criteria(manifest: Mapping[str, Any], decision: rule.Decision) -> list[dict[
                 "metrics": _recorded((rec or {}).get("details") or {}),
                 "waiver": waivers.get(cid),
                 "duration": (rec or {}).get("duration_s"),
+                # a fleet run: each gateway host's part of the check (acceptance/fleet.py)
+                "gateways": [{"host": host, "status": STATUS.get(part.get("outcome"), "NOT RUN"),
+                              "result": "passed" if part.get("outcome") == "passed" else part.get("cause")}
+                             for host, part in (((rec or {}).get("details") or {}).get("hosts") or {}).items()
+                             if isinstance(part, Mapping)],
             }
         )
     return rows

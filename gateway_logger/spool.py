@@ -113,6 +113,9 @@ class Spool:
         self._dirty = self._dir_dirty = False
         self._seq = 0
         self._counts: dict[str, tuple[int, int]] = {}  # segment name -> (size, rows)
+        #: this spool's own segments still on disk -> (size, rows), exact: only ``append`` changes them,
+        #: under ``_lock`` (``refresh`` scans without it, so its view of them may be out of date)
+        self._own: dict[str, tuple[int, int]] = {}
         self.rows = 0
         self._failing: str | None = None  # cause of the current write-failure episode
         self._failed_at = 0.0
@@ -162,7 +165,7 @@ class Spool:
                     self._live_rows += n
                     self._live_size += size
                     self.rows += n
-                    self._counts[self._live] = (self._live_size, self._live_rows)
+                    self._counts[self._live] = self._own[self._live] = (self._live_size, self._live_rows)
                     self._dirty = True
                     if self._live_rows >= self.segment_rows or self._live_size >= self.segment_bytes:
                         self._retire_live()
@@ -274,8 +277,13 @@ class Spool:
                 continue
             counts[name] = (size, _count_lines(self.dir / name))
         with self._lock:
-            if self._live:
-                counts[self._live] = (self._live_size, self._live_rows)
+            # the scan ran without the lock: appends made meanwhile (even whole segments, opened and
+            # retired) are missing from it, and counting from it alone let the spool grow past max_rows
+            for name, known in list(self._own.items()):
+                if name in counts or (self.dir / name).exists():
+                    counts[name] = known
+                else:  # replayed or moved aside by someone
+                    del self._own[name]
             self._counts = counts
             self.rows = sum(rows for _, rows in counts.values())
         return self.rows
@@ -359,6 +367,8 @@ class Spool:
 
     def done(self, segment: Segment) -> None:
         """The segment's rows are in the database: remove it."""
+        with self._lock:
+            self._own.pop(segment.path.name, None)
         with contextlib.suppress(OSError):
             segment.path.unlink()
         os.close(segment.fd)

@@ -109,12 +109,16 @@ def run(values: dict[str, str], *extra: str, timeout: float = TIMEOUT_S) -> Reca
     """``ansible-playbook site.yml`` against the lab with its secrets in the environment (the inventory
     looks them up by name); the output, secrets scrubbed, in LOG. A failure is one line naming the host
     and the task."""
-    require_lab_addresses()
+    from lab import fleet
+
+    inventories = [INVENTORY, *fleet.playbook_sources()]  # a lab of several gateways: gateway-2.. too
+    for path in inventories:
+        require_lab_addresses(path)
     layout.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     timing = {k: os.environ[k] for k in TIMING_ENV if k in os.environ}  # e.g. the junit callback's task times
     env = clean_env(**values, **timing, HOME=str(Path.home()), ANSIBLE_CONFIG=str(CONFIG), ANSIBLE_NOCOLOR="1",
                     ANSIBLE_FORCE_COLOR="0", **{layout.PG_ENV: layout.PG_VERSION})
-    argv = [_ansible_playbook(), "-i", str(INVENTORY), str(PLAYBOOK), *extra]
+    argv = [_ansible_playbook(), *(a for p in inventories for a in ("-i", str(p))), str(PLAYBOOK), *extra]
     t0 = time.monotonic()
     try:
         proc = subprocess.run(argv, cwd=layout.REPO, env=env, capture_output=True, text=True, timeout=timeout,

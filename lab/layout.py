@@ -125,10 +125,22 @@ class Host:
     ip: str
     units: tuple[str, ...]
     base: Base
+    #: the machine's name part when ``name`` is too long for it (nspawn's veth is vb-MACHINE, ≤ 15 chars)
+    short: str | None = None
 
     @property
     def machine(self) -> str:
-        return f"poc1-{self.name}"
+        return f"poc1-{self.short or self.name}"
+
+    @property
+    def url(self) -> str:
+        """The gateway's HTTP address (a gateway host)."""
+        return f"http://{self.ip}:{GATEWAY_PORT}"
+
+    @property
+    def playbook_name(self) -> str:
+        """Its name in the playbook's inventory (deploy/ansible/inventories/local.yml): ``lab-NAME``."""
+        return f"lab-{self.name}"
 
     @property
     def veth(self) -> str:
@@ -158,6 +170,37 @@ class Host:
 
 GATEWAY = Host("gateway", "10.231.0.18", (STANDIN_UNIT, GATEWAY_UNIT), GATEWAY_BASE)
 DB = Host("db", "10.231.0.19", (PG_UNIT,), DB_BASE)
-HOSTS: dict[str, Host] = {h.name: h for h in (DB, GATEWAY)}
-GATEWAY_URL = f"http://{GATEWAY.ip}:{GATEWAY_PORT}"
+#: a fleet: ``make lab-up GATEWAYS=N`` (POC1_LAB_GATEWAYS) adds gateway-2.. (10.231.0.20..), each a whole
+#: gateway host of its own (stand-in model, LiteLLM with the logger) writing to the one db host
+MAX_GATEWAYS = 4
+ALL_GATEWAYS: tuple[Host, ...] = (GATEWAY, *(
+    Host(f"gateway-{n}", f"10.231.0.{18 + n}", (STANDIN_UNIT, GATEWAY_UNIT), GATEWAY_BASE, short=f"gw{n}")
+    for n in range(2, MAX_GATEWAYS + 1)))
+GATEWAYS_ENV = "POC1_LAB_GATEWAYS"
+GATEWAYS_FILE = STATE_DIR / "gateways"
+#: the extra gateways as inventory files the lab writes (lab/fleet.py): read after hosts.yml (group
+#: ``local``) by the suite and after inventories/local.yml by the playbook
+SUITE_FLEET_INVENTORY = STATE_DIR / "fleet-hosts.yml"
+PLAYBOOK_FLEET_INVENTORY = STATE_DIR / "fleet-playbook.yml"
+
+
+def _gateway_count() -> int:
+    wanted = os.environ.get(GATEWAYS_ENV, "").strip()
+    if not wanted:
+        try:
+            wanted = GATEWAYS_FILE.read_text().strip()
+        except OSError:
+            wanted = ""
+    try:
+        return int(wanted or "1")
+    except ValueError:
+        return -1  # refused by `lab up` with a one-line cause (lifecycle.up)
+
+
+GATEWAY_COUNT = _gateway_count()
+GATEWAYS: tuple[Host, ...] = ALL_GATEWAYS[:max(1, min(GATEWAY_COUNT, MAX_GATEWAYS))]
+HOSTS: dict[str, Host] = {h.name: h for h in (DB, *GATEWAYS)}
+#: every host a lab of any size may have left behind (teardown removes them all)
+ALL_HOSTS: tuple[Host, ...] = (*ALL_GATEWAYS, DB)
+GATEWAY_URL = GATEWAY.url
 BUILD_CGROUP = "poc1-lab-build"

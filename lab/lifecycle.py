@@ -11,6 +11,7 @@ from lab import (
     cgroups,
     credentials,
     deploy,
+    fleet,
     layout,
     lock,
     machine,
@@ -23,7 +24,7 @@ from lab import (
     tls,
 )
 from lab.errors import LabError
-from lab.layout import DB, GATEWAY
+from lab.layout import DB, GATEWAY, GATEWAYS
 from tools.polling import poll_until
 
 GATEWAY_READY_TIMEOUT_S = 180
@@ -79,10 +80,11 @@ def _say(msg: str) -> None:
 def teardown() -> None:
     """Remove every trace of a lab (complete, half-built or left by a killed run); keeps the cache."""
     left: list[str] = []
-    for host in (GATEWAY, DB):  # the gateway first: its logger flushes to the db host on the way down
+    for host in layout.ALL_HOSTS:  # gateways first: their loggers flush to the db host on the way down;
+        # every gateway a lab of any size may have (a lab of 2 torn down by a run asking for 1)
         left += [f"{host.name}: process {p}" for p in machine.stop(host)]
     left += [f"link {n}" for n in network.remove()]
-    for host in layout.HOSTS.values():
+    for host in layout.ALL_HOSTS:
         left += [f"mount {m}" for m in machine.remove_root(host)]
         left += [f"cgroup {c}" for c in cgroups.remove(host.cgroup)]
     left += [f"cgroup {c}" for c in cgroups.remove(layout.BUILD_CGROUP)]
@@ -112,15 +114,19 @@ def _mirror() -> str:
 
 
 def _wait_gateway(values: dict[str, str], timeout: float = GATEWAY_READY_TIMEOUT_S) -> None:
-    answered, (_, reason) = poll_until(lambda: probe.chat_completion(values[layout.MASTER_KEY_ENV]),
-                                       lambda answer: answer[0] == 200, timeout=timeout, interval=0.5)
-    if answered:
-        return
-    journal = machine.exec_(GATEWAY, ["journalctl", "-u", layout.GATEWAY_UNIT, "-n", "1", "-o", "cat",
-                                      "--no-pager"], check=False).stdout.strip()
-    raise LabError(credentials.scrub(
-        f"gateway: no 200 from {layout.GATEWAY_URL}/v1/chat/completions within {timeout:.0f} s "
-        f"(last: {reason}; journal: {journal or 'empty'})", values))
+    """Every gateway host answers a chat completion with 200."""
+    deadline = time.monotonic() + timeout
+    for gateway in GATEWAYS:
+        answered, (_, reason) = poll_until(
+            lambda g=gateway: probe.chat_completion(values[layout.MASTER_KEY_ENV], url=g.url),
+            lambda answer: answer[0] == 200, timeout=max(1.0, deadline - time.monotonic()), interval=0.5)
+        if answered:
+            continue
+        journal = machine.exec_(gateway, ["journalctl", "-u", layout.GATEWAY_UNIT, "-n", "1", "-o", "cat",
+                                          "--no-pager"], check=False).stdout.strip()
+        raise LabError(credentials.scrub(
+            f"{gateway.name}: no 200 from {gateway.url}/v1/chat/completions within {timeout:.0f} s "
+            f"(last: {reason}; journal: {journal or 'empty'})", values))
 
 
 def _build_hosts() -> None:
@@ -128,22 +134,23 @@ def _build_hosts() -> None:
     copies; the stand-in model."""
     authorized = provision.client_key()
     known = []
-    for host in (DB, GATEWAY):
+    for host in (DB, *GATEWAYS):
         machine.make_root(host)
         provision.common(host, authorized)
         known.append(provision.host_key(host))
     layout.KNOWN_HOSTS.write_text("".join(known))
     tls.make_certificates()
     provision.standin()
+    fleet.write()
 
 
 def _start(values: dict[str, str]) -> deploy.Recap:
-    """Boot both hosts, then provision them with the playbook (as a user deploys the real VMs)."""
-    for host in (DB, GATEWAY):
+    """Boot the hosts, then provision them with the playbook (as a user deploys the real VMs)."""
+    for host in (DB, *GATEWAYS):
         machine.start(host)
-    for host in (DB, GATEWAY):
+    for host in (DB, *GATEWAYS):
         machine.wait_booted(host)
-    for host in (DB, GATEWAY):
+    for host in (DB, *GATEWAYS):
         if not poll_until(lambda h=host: probe.tcp_open(h.ip, 22), lambda ok: ok, timeout=30, interval=0.2)[0]:
             raise LabError(f"{host.name}: sshd not listening on {host.ip}:22 within 30 s after boot")
     recap = deploy.run(values)
@@ -152,20 +159,26 @@ def _start(values: dict[str, str]) -> deploy.Recap:
 
 
 def is_up() -> bool:
-    """Both containers running and the gateway answering 200 with this lab's master key."""
+    """Every container running and every gateway answering 200 with this lab's master key."""
     if not layout.SECRETS_FILE.is_file() or any(machine.init_pid(h) is None for h in layout.HOSTS.values()):
         return False
-    return probe.chat_completion(credentials.load()[layout.MASTER_KEY_ENV], timeout=10)[0] == 200
+    key = credentials.load()[layout.MASTER_KEY_ENV]
+    return all(probe.chat_completion(key, timeout=10, url=g.url)[0] == 200 for g in GATEWAYS)
 
 
 def _redeploy(values: dict[str, str]) -> list[str]:
     """A running lab picks up the repo's current code: the stand-in's files by the lab, and whatever the
     playbook deploys — if any of it differs from the repository, by running the playbook again."""
-    changed = provision.place(GATEWAY, provision.standin_files())
-    if changed:
-        machine.exec_(GATEWAY, ["systemctl", "daemon-reload"])
-        machine.exec_(GATEWAY, ["systemctl", "restart", layout.STANDIN_UNIT], timeout=60)
-    drift = provision.differs(GATEWAY, provision.gateway_code()) + provision.stale_gateway_files(GATEWAY.root)
+    changed: list[str] = []
+    drift: list[str] = []
+    for gateway in GATEWAYS:
+        placed = provision.place(gateway, provision.standin_files())
+        if placed:
+            machine.exec_(gateway, ["systemctl", "daemon-reload"])
+            machine.exec_(gateway, ["systemctl", "restart", layout.STANDIN_UNIT], timeout=60)
+        changed += placed if gateway is GATEWAY else [f"{gateway.name}:{p}" for p in placed]
+        found = provision.differs(gateway, provision.gateway_code()) + provision.stale_gateway_files(gateway.root)
+        drift += found if gateway is GATEWAY else [f"{gateway.name}:{p}" for p in found]
     if drift:
         recap = deploy.run(values)
         _say(f"playbook: {recap.line()}")
@@ -188,6 +201,10 @@ def up() -> LabDescription:
         if running and not layout.PG_VERSION_FILE.is_file():
             _say("this lab was built before the playbook provisioned it: building a fresh lab")
             running = False
+        if running and _running_gateways() != len(GATEWAYS):
+            _say(f"{len(GATEWAYS)} gateway host(s) asked for ({layout.GATEWAYS_ENV}), the lab has "
+                 f"{_running_gateways()}: building a fresh lab")
+            running = False
         if running and layout.PG_VERSION_FILE.read_text().strip() != layout.PG_VERSION:
             _say(f"PostgreSQL {layout.PG_VERSION} asked for ({layout.PG_ENV}), the lab runs "
                  f"{layout.PG_VERSION_FILE.read_text().strip()}: building a fresh lab")
@@ -201,6 +218,9 @@ def up() -> LabDescription:
             _print_addresses()
             return describe()
         teardown()  # whatever a killed or failed run left
+        if not 1 <= layout.GATEWAY_COUNT <= layout.MAX_GATEWAYS:
+            raise LabError(f"{layout.GATEWAYS_ENV}={os.environ.get(layout.GATEWAYS_ENV, '')!r}: the lab has 1 to "
+                           f"{layout.MAX_GATEWAYS} gateway hosts")
         if layout.PG_VERSION not in layout.PG_SUITES:
             raise LabError(f"{layout.PG_ENV}={layout.PG_VERSION}: the lab has PostgreSQL "
                            f"{' or '.join(layout.PG_SUITES)}")
@@ -214,6 +234,7 @@ def up() -> LabDescription:
         try:
             values = credentials.generate()
             layout.PG_VERSION_FILE.write_text(layout.PG_VERSION + "\n")
+            layout.GATEWAYS_FILE.write_text(f"{len(GATEWAYS)}\n")
             network.create_bridge()
             _build_hosts()
             recap = _start(values)
@@ -246,15 +267,19 @@ def run_playbook(extra: list[str]) -> deploy.Recap:
 
 
 def _wait_sessions(encrypted: bool, timeout: float = TLS_SESSION_TIMEOUT_S) -> list[tuple[int, bool]]:
-    """Until the logger's sessions (at least one) are all encrypted, or all in clear text."""
-    settled, sessions = poll_until(provision.gateway_db_sessions,
-                                   lambda found: bool(found) and all(ssl == encrypted for _, ssl in found),
-                                   timeout=timeout, interval=0.3)
-    if settled:
-        return sessions
-    shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
-    raise LabError(f"db: {layout.DB_USER}'s sessions from {GATEWAY.ip} not all "
-                   f"{'encrypted' if encrypted else 'in clear text'} within {timeout:.0f} s (sessions: {shown})")
+    """Until each gateway's logger sessions (at least one) are all encrypted, or all in clear text."""
+    sessions: list[tuple[int, bool]] = []
+    deadline = time.monotonic() + timeout
+    for gateway in GATEWAYS:
+        settled, sessions = poll_until(lambda g=gateway: provision.gateway_db_sessions(g),
+                                       lambda found: bool(found) and all(ssl == encrypted for _, ssl in found),
+                                       timeout=max(1.0, deadline - time.monotonic()), interval=0.3)
+        if not settled:
+            shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
+            raise LabError(f"db: {layout.DB_USER}'s sessions from {gateway.name} {gateway.ip} not all "
+                           f"{'encrypted' if encrypted else 'in clear text'} within {timeout:.0f} s "
+                           f"(sessions: {shown})")
+    return provision.gateway_db_sessions()
 
 
 def _apply_tls(values: dict[str, str], on: bool) -> None:
@@ -264,9 +289,13 @@ def _apply_tls(values: dict[str, str], on: bool) -> None:
     before the gateway restarts in clear text, closed (hostssl) only after it reconnected over TLS."""
     if not on and provision.set_hba(tls_required=False):
         provision.reload_postgres()
-    url_changed = provision.set_gateway_db_url(values, on)
-    if url_changed or any(ssl != on for _, ssl in provision.gateway_db_sessions()):
-        machine.exec_(GATEWAY, ["systemctl", "restart", layout.GATEWAY_UNIT], timeout=90)
+    restarted = False
+    for gateway in GATEWAYS:
+        url_changed = provision.set_gateway_db_url(gateway, values, on)
+        if url_changed or any(ssl != on for _, ssl in provision.gateway_db_sessions(gateway)):
+            machine.exec_(gateway, ["systemctl", "restart", layout.GATEWAY_UNIT], timeout=90)
+            restarted = True
+    if restarted:
         _wait_gateway(values)
     if on and provision.set_hba(tls_required=True):
         provision.reload_postgres()
@@ -295,12 +324,17 @@ def tls_status() -> int:
     state = provision.tls_state()
     sessions = provision.gateway_db_sessions()
     shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
-    _say(f"TLS for {layout.DB_USER}: {state}; sessions from {GATEWAY.ip}: {shown}")
+    _say(f"TLS for {layout.DB_USER}: {state}; sessions from {', '.join(g.ip for g in GATEWAYS)}: {shown}")
     return 0 if state == "on" else 1
 
 
+def _running_gateways() -> int:
+    return sum(1 for g in layout.ALL_GATEWAYS if machine.init_pid(g) is not None)
+
+
 def _print_addresses() -> None:
-    _say(f"gateway {GATEWAY.ip} ({layout.GATEWAY_URL}, ssh root@{GATEWAY.ip})")
+    for g in GATEWAYS:
+        _say(f"{g.name:7} {g.ip} ({g.url}, ssh root@{g.ip})")
     _say(f"db      {DB.ip} (PostgreSQL :{layout.DB_PORT}/{layout.DB_NAME}, ssh root@{DB.ip})")
     _say(f"secrets {layout.SECRETS_FILE} ({layout.MASTER_KEY_ENV}, {layout.DB_PASSWORD_ENV}, "
          f"{layout.DB_READER_PASSWORD_ENV}, {layout.UPSTREAM_API_KEY_ENV}); known_hosts {layout.KNOWN_HOSTS}")
@@ -338,10 +372,10 @@ def host_status(host: layout.Host) -> tuple[bool, str]:
 def status() -> int:
     """Print one line per host; exit code 0 all well, 1 degraded, 3 down."""
     prereqs.require_root()
-    if not any(machine.nspawn_pid(h) for h in layout.HOSTS.values()) and not network.link_exists(layout.BRIDGE):
+    if not any(machine.nspawn_pid(h) for h in layout.ALL_HOSTS) and not network.link_exists(layout.BRIDGE):
         _say("down")
         return 3
-    results = [host_status(h) for h in (GATEWAY, DB)]
+    results = [host_status(h) for h in (*GATEWAYS, DB)]
     for _, line in results:
         print(line, flush=True)
     return 0 if all(ok for ok, _ in results) else 1

@@ -22,12 +22,12 @@ def create_bridge() -> None:
 
 def remove() -> list[str]:
     """Delete the veths and the bridge (leftovers of a killed run too); returns links still present."""
-    for host in layout.HOSTS.values():
+    for host in layout.ALL_HOSTS:
         if link_exists(host.veth):
             run(["ip", "link", "del", host.veth], what=f"deleting {host.veth}", check=False)
     if link_exists(layout.BRIDGE):
         run(["ip", "link", "del", layout.BRIDGE], what=f"deleting bridge {layout.BRIDGE}", check=False)
-    return [n for n in (layout.BRIDGE, *(h.veth for h in layout.HOSTS.values())) if link_exists(n)]
+    return [n for n in (layout.BRIDGE, *(h.veth for h in layout.ALL_HOSTS)) if link_exists(n)]
 
 
 def set_link(host: Host, up: bool) -> None:

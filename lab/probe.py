@@ -9,11 +9,13 @@ import urllib.request
 from lab import layout
 
 
-def chat_completion(master_key: str, content: str = "lab readiness probe", timeout: float = 15) -> tuple[int, str]:
-    """POST /v1/chat/completions to the gateway; returns (HTTP status or 0, short reason)."""
+def chat_completion(master_key: str, content: str = "lab readiness probe", timeout: float = 15,
+                    url: str = layout.GATEWAY_URL) -> tuple[int, str]:
+    """POST /v1/chat/completions to a gateway (the first by default); returns (HTTP status or 0, short
+    reason)."""
     body = json.dumps({"model": layout.MODEL, "user": "poc1-lab",
                        "messages": [{"role": "user", "content": content}]}).encode()
-    req = urllib.request.Request(f"{layout.GATEWAY_URL}/v1/chat/completions", data=body, method="POST",
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, method="POST",
                                  headers={"Authorization": f"Bearer {master_key}",
                                           "Content-Type": "application/json"})
     try:

@@ -14,7 +14,7 @@ import jinja2
 
 from lab import layout, machine, network
 from lab.errors import LabError
-from lab.layout import DB, GATEWAY, Host
+from lab.layout import DB, GATEWAYS, Host
 from lab.shell import run
 
 PG_ETC = f"/etc/postgresql/{layout.PG_VERSION}/main"
@@ -40,7 +40,7 @@ def pg_hba(tls_required: bool = True) -> str:
     """litellm_user only over TLS (``hostssl``), or, switched off for a test, also in clear text (``host``).
 
     The reader's line stays ``host``; the suite itself asks for verify-full (hosts.yml: db_sslmode)."""
-    return render("poc1_postgresql", "pg_hba.conf.j2", poc1_gateway_addresses=[GATEWAY.ip],
+    return render("poc1_postgresql", "pg_hba.conf.j2", poc1_gateway_addresses=[g.ip for g in GATEWAYS],
                   poc1_tls_required=tls_required, poc1_db_name=layout.DB_NAME, poc1_db_user=layout.DB_USER,
                   poc1_db_reader=layout.DB_READER, poc1_runner_address=layout.RUNNER_IP)
 
@@ -191,9 +191,10 @@ def common(host: Host, authorized_key: str) -> None:
 
 
 def standin() -> None:
-    """The stand-in model on the gateway host, started at boot (before the playbook starts the gateway)."""
-    place(GATEWAY, standin_files())
-    _enable(GATEWAY, f"{layout.STANDIN_UNIT}.service")
+    """The stand-in model on each gateway host, started at boot (before the playbook starts the gateway)."""
+    for gateway in GATEWAYS:
+        place(gateway, standin_files())
+        _enable(gateway, f"{layout.STANDIN_UNIT}.service")
 
 
 # ------------------------------------------------------------------------------- TLS on a running lab
@@ -211,9 +212,9 @@ def set_hba(tls_required: bool) -> bool:
     return True
 
 
-def set_gateway_db_url(values: dict[str, str], tls_on: bool) -> bool:
-    """Rewrite only the POC1_DB_URL line of the gateway's env file (others' lines stay); True if changed."""
-    path = GATEWAY.root / GATEWAY_ENV.lstrip("/")
+def set_gateway_db_url(gateway: Host, values: dict[str, str], tls_on: bool) -> bool:
+    """Rewrite only the POC1_DB_URL line of a gateway's env file (others' lines stay); True if changed."""
+    path = gateway.root / GATEWAY_ENV.lstrip("/")
     old = path.read_text()
     new = DB_URL_LINE.sub(lambda _: db_url_line(values, tls_on), old, count=1)
     if new == old:
@@ -226,14 +227,14 @@ def tls_state() -> str:
     """on (hostssl + verify-full), off (host + sslmode=disable), or what is mixed, from the hosts' files."""
     try:
         hba = (DB.root / HBA_FILE.lstrip("/")).read_text()
-        env = (GATEWAY.root / GATEWAY_ENV.lstrip("/")).read_text()
+        envs = [(g.root / GATEWAY_ENV.lstrip("/")).read_text() for g in GATEWAYS]
     except OSError:  # a host not built (yet)
         return "unknown"
     required = any(ln.split()[:3] == ["hostssl", layout.DB_NAME, layout.DB_USER] for ln in hba.splitlines())
-    verified = "sslmode=verify-full" in env
+    verified = all("sslmode=verify-full" in env for env in envs)
     if required and verified:
         return "on"
-    if not required and "sslmode=disable" in env:
+    if not required and all("sslmode=disable" in env for env in envs):
         return "off"
     return (f"mixed (pg_hba: {'hostssl' if required else 'host'} for {layout.DB_USER}; gateway URL: "
             f"{'verify-full' if verified else 'no verify-full'})")
@@ -244,10 +245,12 @@ def reload_postgres() -> None:
     _psql("postgres", "SELECT pg_reload_conf();")
 
 
-def gateway_db_sessions() -> list[tuple[int, bool]]:
-    """(pid, encrypted) of litellm_user's sessions from the gateway, as the db host sees them."""
+def gateway_db_sessions(gateway: Host | None = None) -> list[tuple[int, bool]]:
+    """(pid, encrypted) of litellm_user's sessions from a gateway (default: every gateway of the lab), as
+    the db host sees them."""
+    ips = ", ".join(f"'{g.ip}'" for g in ((gateway,) if gateway else GATEWAYS))
     sql = ("SELECT a.pid, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid "
-           f"WHERE a.usename = '{layout.DB_USER}' AND host(a.client_addr) = '{GATEWAY.ip}' ORDER BY a.pid")
+           f"WHERE a.usename = '{layout.DB_USER}' AND host(a.client_addr) IN ({ips}) ORDER BY a.pid")
     out = machine.exec_(DB, ["psql", "-X", "-q", "-A", "-t", "-F", " ", "-d", "postgres", "-c", sql],
                         user="postgres", timeout=30).stdout
     return [(int(pid), ssl == "t") for pid, ssl in (ln.split() for ln in out.splitlines() if ln.strip())]

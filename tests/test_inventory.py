@@ -291,10 +291,10 @@ def test_group_vars_and_host_vars_directories_precedence(tmp_path: Path, no_netw
     (d / "group_vars" / "poc1.yml").unlink()
     (d / "group_vars" / "poc1").mkdir()
     (d / "group_vars" / "poc1" / "10-db.yml").write_text("db_name: from_dir\ndb_reader_user: poc1_reader\n")
-    (d / "group_vars" / "poc1" / "20-more.yml").write_text("gateway_control_url: http://127.0.0.11:4001\n")
+    (d / "group_vars" / "poc1" / "20-more.yml").write_text("logger_metrics_port: 9465\n")
     (d / "host_vars" / "hx-litellm-02.yml").write_text("ansible_host: 127.0.0.13\nansible_port: 2201\n")
     t = load_target(d / "hosts.ini", "poc1", environ=ENV)
-    assert t.vars["db_name"] == "from_dir" and t.vars["gateway_control_url"] == "http://127.0.0.11:4001"
+    assert t.vars["db_name"] == "from_dir" and t.vars["logger_metrics_port"] == 9465
     assert t.vars["db_port"] == 5432  # the default: 5433 lived in the removed poc1.yml
     assert [(h.address, h.port) for h in t.gateways] == [("127.0.0.11", 22), ("127.0.0.13", 2201)]
 
