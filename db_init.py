@@ -5,12 +5,15 @@ validates it on a live PostgreSQL.
 Everything else in this repository — the gateway logger, the acceptance checks, the lab — imports the
 models and helpers from here, so the schema and its SQL exist exactly once.
 
-    python db_init.py create   --url URL    # idempotent
-    python db_init.py validate --url URL    # exit 0 = live schema matches the models
+    python db_init.py create   --url URL                      # idempotent
+    python db_init.py create   --partition=daily --url URL    # a new database, partitioned (opt-in)
+    python db_init.py validate --url URL                      # exit 0 = live schema matches the models
+    python db_init.py prune    --older-than 30d --url URL     # partitioned only: drop old partitions
 
 The URL may instead come from the environment variable ``POC1_DB_URL``. Exit codes: 0 ok, 1 schema
 drift (a readable list is printed), 2 the database could not be reached (one-line cause, password
-masked).
+masked), 3 refused (nothing changed: prune on the plain layout, ``--partition`` on a plain database or
+one of the other period, a bad ``--older-than``).
 
 ``create`` migrates an existing POC-1 database in place with alembic (``migrations/``). ``validate``
 lets alembic find the drift (``compare_metadata`` with the options in ``COMPARE_OPTS``, the same ones
@@ -18,6 +21,14 @@ lets alembic find the drift (``compare_metadata`` with the options in ``COMPARE_
 nullability, server defaults, indexes (missing and extra), unique constraints, foreign keys with
 their options (ON DELETE...). Each difference is one line ``table: what``; primary keys, which
 alembic does not compare, are checked with the inspector.
+
+The partitioned layout (docs/PARTITIONING.md) is ``PARTITIONED``: the same tables RANGE-partitioned on
+the request's time, keys made composite with it, a DEFAULT partition per table and the current period
+plus ``AHEAD`` (7 days, or 2 months). ``create`` on it adds the periods ahead it lacks (run it daily);
+``validate`` compares its parent tables the same way (the partitions left out of alembic's view), then
+the partitions: default present, the periods ahead, bounds, both tables' periods alike; rows in a
+default partition are a warning. ``prune`` detaches and drops the partitions whose whole period is older
+than the age, responses before requests: no row is deleted one by one.
 """
 from __future__ import annotations
 
