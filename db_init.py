@@ -455,6 +455,10 @@ def parse_age(value: str) -> timedelta:
 #: prune waits at most this long for the tables' lock (the logger's statements are short): then it
 #: gives up instead of queueing every write behind it
 PRUNE_LOCK_TIMEOUT_MS = 2000
+#: a requests partition's DETACH runs PostgreSQL's FK check over its rows (~1 s per 300k rows measured,
+#: docs/PARTITIONING.md), holding the parents' lock: the logger's writes wait, then spool. Bounded, but
+#: past the default 5 s, so that a big period can still go
+PRUNE_STATEMENT_TIMEOUT_MS = 600_000
 
 
 def prune(url: str | URL, older_than: timedelta, now: datetime | None = None) -> list[str]:
@@ -481,6 +485,7 @@ def prune(url: str | URL, older_than: timedelta, now: datetime | None = None) ->
             for start in old:
                 with conn.begin():
                     conn.execute(text(f"SET LOCAL lock_timeout = {PRUNE_LOCK_TIMEOUT_MS}"))
+                    conn.execute(text(f"SET LOCAL statement_timeout = {PRUNE_STATEMENT_TIMEOUT_MS}"))
                     have = {p.name for parent in (Response.__tablename__, Request.__tablename__)
                             for p in partitions(conn, parent)}
                     for parent in (Response.__tablename__, Request.__tablename__):  # responses first: the FK
