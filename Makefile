@@ -18,7 +18,7 @@ help:
 	@echo "make verify BUNDLE=path          check a bundle (tarball or directory) offline [VERIFY_ARGS=...]"
 	@echo "make bench                       the logger benchmarks (tests/benchmarks)"
 	@echo "make deploy HOSTS=lab            deploy/ansible/site.yml on the real VMs [DEPLOY_ARGS=--check --diff]"
-	@echo "make lab-up | lab-down | lab-status"
+	@echo "make lab-up [GATEWAYS=N] | lab-down | lab-status   (N gateway hosts behind the one database)"
 
 ## deps: Debian packages (as root) and the Python packages listed in pyproject.toml
 deps:
@@ -45,7 +45,7 @@ verify:
 
 ## test: the project's own tests; the lab is brought up first and torn down by the last test file
 test: deps
-	$(PY) -m lab up
+	POC1_LAB_GATEWAYS=1 $(PY) -m lab up
 	$(PY) -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider -q -rfEs --durations=40 $(TEST_ARGS)
 
 ## test-fast: only the tests that need no lab
@@ -64,8 +64,10 @@ deploy: deps
 	ANSIBLE_CONFIG=deploy/ansible/ansible.cfg ansible-playbook -i deploy/ansible/inventories/$(HOSTS).yml \
 	  deploy/ansible/site.yml $(DEPLOY_ARGS)
 
+## lab-up [GATEWAYS=N]: N gateway hosts (1-4, default: what the lab that is up has, else 1) behind the one db
+GATEWAYS ?=
 lab-up:
-	$(PY) -m lab up
+	$(if $(GATEWAYS),POC1_LAB_GATEWAYS=$(GATEWAYS) )$(PY) -m lab up
 lab-down:
 	$(PY) -m lab down
 lab-status:

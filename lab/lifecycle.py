@@ -351,9 +351,9 @@ def _unit_state(host: layout.Host, unit: str) -> str:
 def host_status(host: layout.Host) -> tuple[bool, str]:
     """(all well, one line) for one host: booted, sshd, its units, PostgreSQL."""
     if machine.nspawn_pid(host) is None:
-        return False, f"{host.name:8}{host.ip:13} not running"
+        return False, f"{host.name:10}{host.ip:13} not running"
     if machine.init_pid(host) is None:
-        return False, f"{host.name:8}{host.ip:13} container starting (no init yet)"
+        return False, f"{host.name:10}{host.ip:13} container starting (no init yet)"
     system = machine.exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10).stdout.strip()
     parts = {"booted": system or "unknown", "sshd": _unit_state(host, "ssh")}
     if not probe.tcp_open(host.ip, 22):
@@ -366,7 +366,7 @@ def host_status(host: layout.Host) -> tuple[bool, str]:
         parts["tls"] = provision.tls_state().split()[0]  # a setting (python -m lab tls), not a health
     ok = parts["booted"] in ("running", "degraded") and all(
         v in ("active", "accepting") for k, v in parts.items() if k not in ("booted", "tls"))
-    return ok, f"{host.name:8}{host.ip:13} " + " ".join(f"{k}={v}" for k, v in parts.items())
+    return ok, f"{host.name:10}{host.ip:13} " + " ".join(f"{k}={v}" for k, v in parts.items())
 
 
 def status() -> int:

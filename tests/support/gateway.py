@@ -222,7 +222,8 @@ class Gateway:
             with open(self.log_path, "ab") as log:
                 self.proxy = subprocess.Popen(
                     [litellm_cli, "--config", str(self.config), "--host", "127.0.0.1",
-                     "--port", str(self.port), "--num_workers", str(self.num_workers)],
+                     "--port", str(self.port), "--num_workers", str(self.num_workers),
+                     "--timeout_worker_healthcheck", "30"],  # as deploy/litellm-gateway.service, and why
                     cwd=ROOT, env=self.proxy_env(), stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)
             _wait_http(f"{self.url}/health/liveliness", self.proxy, timeout)

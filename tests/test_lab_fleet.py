@@ -1,0 +1,75 @@
+"""A fleet on the embedded lab: `python -m lab up` with POC1_LAB_GATEWAYS=2 builds a second gateway host
+writing to the one database; the suite (group ``local``, the lab's fleet file read after hosts.yml) checks
+each gateway host, GO only if both pass; one stopped gateway makes the verdict NO-GO naming that host.
+
+It rebuilds the lab twice (2 gateways, then back to the 1 every other lab test expects), so it carries
+``lab_teardown``: it runs after the tests that share the lab (tests/conftest.py).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.acceptance_run import CHECK_6_NOT_ON_CAPACITY, ROOT, run_suite
+
+pytestmark = [pytest.mark.lab, pytest.mark.lab_teardown]
+SECOND = "gateway-2"
+
+
+def _lab(*args: str, gateways: int) -> str:
+    proc = subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1500, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "POC1_LAB_GATEWAYS": str(gateways)})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    return proc.stdout
+
+
+def _systemctl(host: str, action: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", f"import lab; lab.systemctl({host!r}, {action!r}, "
+                           "'litellm-gateway', check=True, timeout=90)"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "POC1_LAB_GATEWAYS": "2"})
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_path: Path) -> None:
+    try:
+        out = _lab("up", gateways=2)
+        assert "gateway-2 10.231.0.20" in out
+
+        go = run_suite(tmp_path / "go", *CHECK_6_NOT_ON_CAPACITY, timeout=900)
+        m = go.manifest
+        assert go.rc == 0 and m["verdict"] == "GO", go.stdout[-3000:]
+        assert m["hosts"] == {"gateway": "10.231.0.18", SECOND: "10.231.0.20", "db": "10.231.0.19"}
+        for c in m["checks"]:
+            if c["id"] == "overhead":  # one named gateway (the first: hosts.yml names none)
+                assert c["details"]["gateway_host"] == "gateway" and "hosts" not in c["details"]
+                continue
+            parts = c["details"]["hosts"]
+            assert list(parts) == ["gateway", SECOND] and all(p["outcome"] == "passed" for p in parts.values())
+            assert all(any(f".{h}." in a for a in c["artifacts"]) for h in parts), c["artifacts"]
+        second_call = go.check("chat_call")["details"]["hosts"][SECOND]["details"]
+        assert second_call["status"] == 200 and second_call["request_id"]
+        assert '"url": "http://10.231.0.20:4000/v1/chat/completions"' in \
+            (go.evidence_dir / f"chat_call.{SECOND}.json").read_text()
+        assert go.manifest["versions"]["other_gateways"][SECOND]["code_sha256"] == \
+            go.manifest["versions"]["gateway"]["code_sha256"]
+
+        _systemctl(SECOND, "stop")
+        try:
+            broken = run_suite(tmp_path / "stopped", "-k", "not overhead", timeout=600)
+        finally:
+            _systemctl(SECOND, "start")
+        bm = broken.manifest
+        assert broken.rc != 0 and bm["verdict"] == "NO-GO"
+        status = broken.check("service_status")
+        assert status["outcome"] == "failed" and status["cause"].startswith(f"{SECOND}: ")
+        assert "10.231.0.20 is inactive" in status["cause"] and "10.231.0.18" not in status["cause"]
+        assert status["details"]["hosts"]["gateway"]["outcome"] == "passed"
+        assert broken.check("chat_call")["cause"].startswith(f"{SECOND}: ")
+        assert "gateway-2" in broken.stdout  # the terminal summary names the host too
+    finally:
+        _lab("up", gateways=1)  # the lab every other test expects (a rebuild: the count changed)
