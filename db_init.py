@@ -148,8 +148,9 @@ class Response(Base):
 # old rows go by dropping whole partitions. PostgreSQL wants the partition key in every unique key, so
 # the keys become composite: requests PK (id, created_at) and UNIQUE (request_id, created_at);
 # responses carry their request's created_at (``request_created_at``, their partition key: a response
-# lives in its request's period), PK (id, request_created_at), FK (request_id_fk, request_created_at)
-# -> requests(id, created_at) ON DELETE CASCADE. On this layout the logger sets requests.created_at
+# lives in its request's period), PK (id, request_created_at), and each responses partition an FK
+# (request_id_fk, request_created_at) -> its period's requests partition (id, created_at) ON DELETE
+# CASCADE (``FK_COLUMNS``: why not on the parents). On this layout the logger sets requests.created_at
 # itself, from the time in the request's id (``gateway_logger.bulk.request_time``), so a replay meets
 # its row; responses.created_at stays the writing transaction's now().
 
@@ -183,11 +184,15 @@ def _partitioned_metadata() -> MetaData:
             if ix.unique or names == ["request_id_fk"]:
                 names.append(key)
             extra.append(Index(ix.name, *names, unique=ix.unique))
-        if plain.name == "responses":
-            extra.append(ForeignKeyConstraint(["request_id_fk", key], ["requests.id", "requests.created_at"],
-                                              ondelete="CASCADE"))
         Table(plain.name, md, *cols, *extra, postgresql_partition_by=f"RANGE ({key})")
     return md
+
+
+#: the foreign key of every responses partition, to its period's requests partition (``partition_fk``).
+#: Not one on the parents: detaching a partition of a referenced parent makes PostgreSQL scan every
+#: partition of the referencing table (measured: prune then read all of responses, holding the lock on
+#: requests); a request and its responses share a period, so the pairs enforce the same rule
+FK_COLUMNS, FK_TARGET = ("request_id_fk", "request_created_at"), ("id", "created_at")
 
 
 #: the partitioned layout's parents (``validate`` compares a partitioned database with these)
@@ -285,24 +290,56 @@ def _quote(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote(name)
 
 
-def ensure_partitions(conn: Connection, period: str, now: datetime | None = None) -> list[str]:
-    """Create the default partitions and the periods from now to ``AHEAD`` that are missing (requests
-    first: a response's partition is its request's). Returns the partitions created. A period whose rows
-    already sit in the default partition cannot be created (PostgreSQL refuses): raised, one line."""
+def twin(name: str) -> str:
+    """The requests partition of a responses partition's period (same suffix)."""
+    return Request.__tablename__ + name.removeprefix(Response.__tablename__)
+
+
+def partition_fk(responses_partition: str) -> ForeignKeyConstraint:
+    """The FK of one responses partition to its twin, ON DELETE CASCADE as the plain layout's."""
+    md = MetaData()
+    req = Table(twin(responses_partition), md, *(Column(c, BigInteger) for c in FK_TARGET))
+    resp = Table(responses_partition, md, *(Column(c, BigInteger) for c in FK_COLUMNS))
+    fk = ForeignKeyConstraint([resp.c[c] for c in FK_COLUMNS], [req.c[c] for c in FK_TARGET], ondelete="CASCADE",
+                              name=f"{responses_partition}_request_fk")
+    resp.append_constraint(fk)
+    return fk
+
+
+def ensure_partitions(conn: Connection, period: str, now: datetime | None = None,
+                      warnings: list[str] | None = None) -> list[str]:
+    """Create the default partitions and the periods from now to ``AHEAD`` that are missing, requests
+    first, each responses partition with its FK to its twin (``partition_fk``). Returns the partitions
+    created. A period whose rows already sit in the default partition cannot be created (PostgreSQL
+    refuses): it is left out for both tables, and said in ``warnings``."""
+    from sqlalchemy.schema import AddConstraint  # noqa: PLC0415
+
     now = now or datetime.now(UTC)
-    made = []
-    for parent in (Request.__tablename__, Response.__tablename__):
+    made: list[str] = []
+    blocked: set[datetime] = set()
+    for parent, key in PARTITION_KEY.items():
         have = {p.name for p in partitions(conn, parent)}
         default = f"{parent}{DEFAULT_SUFFIX}"
-        if default not in have:
-            conn.execute(text(f"CREATE TABLE {_quote(conn, default)} PARTITION OF {_quote(conn, parent)} DEFAULT"))
-            made.append(default)
+        todo: list[tuple[str, str]] = [] if default in have else [(default, "DEFAULT")]
         for start in wanted_starts(period, now):
             name = partition_name(parent, start, period)
-            if name not in have:
-                conn.execute(text(f"CREATE TABLE {_quote(conn, name)} PARTITION OF {_quote(conn, parent)} "
-                                  f"{bound_of(start, period)}"))
-                made.append(name)
+            if name in have:
+                continue
+            stranded = table(default, column(key))
+            if start in blocked or (default in have and conn.execute(select(select(text("1")).select_from(
+                    stranded).where(stranded.c[key] >= start, stranded.c[key] < next_start(start, period))
+                    .exists())).scalar()):
+                blocked.add(start)
+                if warnings is not None:
+                    warnings.append(f"{parent}: {name} cannot be made: rows of {start:%Y-%m-%d} are in a default "
+                                    "partition; move them out by hand (docs/PARTITIONING.md)")
+                continue
+            todo.append((name, bound_of(start, period)))
+        for name, bound in todo:
+            conn.execute(text(f"CREATE TABLE {_quote(conn, name)} PARTITION OF {_quote(conn, parent)} {bound}"))
+            if parent == Response.__tablename__:
+                conn.execute(AddConstraint(partition_fk(name)))
+            made.append(name)
     return made
 
 
@@ -393,7 +430,8 @@ def live_revision(connection: Any) -> str | None:
 BASELINE_REVISION = "0001"
 
 
-def create(url: str | URL, partition: str | None = None, made: list[str] | None = None) -> list[str]:
+def create(url: str | URL, partition: str | None = None, made: list[str] | None = None,
+           warnings: list[str] | None = None) -> list[str]:
     """Create the schema on an empty database, or migrate an existing POC-1 database to the models.
 
     An empty database gets ``create_all`` (of the models, or with ``partition`` of ``PARTITIONED`` plus
@@ -401,7 +439,8 @@ def create(url: str | URL, partition: str | None = None, made: list[str] | None 
     version table) is the baseline; then alembic upgrades to head. An existing database keeps its
     layout: a partitioned one gets the partitions ahead it lacks (``partition``, if given, must be its
     period), a plain one is never partitioned (``Refused``). Returns the revisions applied (empty when
-    already current); the partitions created are appended to ``made``."""
+    already current); the partitions created are appended to ``made``, what kept one from being made to
+    ``warnings``."""
     from alembic import command  # noqa: PLC0415
 
     if partition is not None and partition not in PERIODS:
@@ -415,7 +454,7 @@ def create(url: str | URL, partition: str | None = None, made: list[str] | None 
             if found == "none":
                 (PARTITIONED if partition else Base.metadata).create_all(conn)
                 if partition:
-                    made += ensure_partitions(conn, partition)
+                    made += ensure_partitions(conn, partition, warnings=warnings)
                 command.stamp(cfg, "head")
                 return []
             if found == "mixed":
@@ -437,7 +476,7 @@ def create(url: str | URL, partition: str | None = None, made: list[str] | None 
                 if not (period or partition):
                     raise Refused("partitioned, but no partition of ours tells daily from monthly: "
                                   "pass --partition=daily|monthly")
-                made += ensure_partitions(conn, str(period or partition))
+                made += ensure_partitions(conn, str(period or partition), warnings=warnings)
             return [] if after == before else [f"{before} -> {after}"]
     finally:
         engine.dispose()
@@ -713,6 +752,16 @@ def partition_drift(conn: Connection, now: datetime | None = None) -> tuple[list
             if start not in starts[parent]:
                 drifts.append(Drift(parent, f"missing {period} partition {partition_name(parent, start, period)} "
                                             f"for {start:%Y-%m-%d} (run db_init.py create)"))
+    insp = inspect(conn)
+    for p in partitions(conn, Response.__tablename__):
+        want = partition_fk(p.name)
+        found = [fk for fk in insp.get_foreign_keys(p.name)
+                 if tuple(fk["constrained_columns"]) == FK_COLUMNS and fk["referred_table"] == twin(p.name)
+                 and tuple(fk["referred_columns"]) == FK_TARGET
+                 and (fk.get("options") or {}).get("ondelete", "").upper() == "CASCADE"]
+        if not found:
+            drifts.append(Drift(Response.__tablename__, f"partition {p.name} lacks its foreign key "
+                                                        f"{_fk_text(want)} ON DELETE CASCADE"))
     req, resp = (starts[t] for t in PARTITION_KEY)
     for start in sorted(req ^ resp):
         lacking = Response.__tablename__ if start in req else Request.__tablename__
@@ -826,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "create":
             made: list[str] = []
-            migrated = create(args.url, args.partition, made)
+            migrated = create(args.url, args.partition, made, warnings)
             for step in migrated:
                 print(f"db_init: migrated {target}: {step}")
             for name in made:

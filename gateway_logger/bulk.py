@@ -106,10 +106,14 @@ LAYOUT_INFO = "poc1_partitioned"
 
 
 def partitioned(conn: Connection) -> bool:
-    """Whether the log tables are partitioned, asked once per DBAPI connection (``db_init.layout``)."""
+    """Whether the log tables are partitioned, asked once per DBAPI connection (``db_init.layout``; not
+    kept while there are no tables yet, so a connection made before ``create`` asks again)."""
     info = conn.connection.info
     if LAYOUT_INFO not in info:
-        info[LAYOUT_INFO] = db_init.layout(conn) == "partitioned"
+        found = db_init.layout(conn)
+        if found not in ("plain", "partitioned"):
+            return False
+        info[LAYOUT_INFO] = found == "partitioned"
     return bool(info[LAYOUT_INFO])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -149,6 +150,14 @@ def _old_rows(url: str, days_ago: int, n: int) -> None:
           d=days_ago, n=n)
 
 
+def _rows_read(url: str, names: list[str]) -> int:
+    """Rows sequential scans read from these tables, by PostgreSQL's statistics (a backend reports them
+    when it ends: the CLI's has before run_cli returns, give the collector a moment)."""
+    time.sleep(0.5)
+    return query(url, "SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables WHERE relname = ANY(:n)",
+                 n=names)[0][0]
+
+
 def test_prune_drops_only_whole_old_partitions_and_deletes_no_row(daily_db: str) -> None:
     engine = db_init.make_engine(daily_db)
     try:
@@ -161,8 +170,11 @@ def test_prune_drops_only_whole_old_partitions_and_deletes_no_row(daily_db: str)
     _old_rows(daily_db, 0, 5)  # today's
     query(daily_db, "INSERT INTO requests (created_at, request_id, call_id, status_code) "
                     "VALUES ('2001-01-01 00:00+00', 'ancient', 'c', 200)")  # outside every partition
+    kept = sorted(n for n in partition_names(daily_db) if n.startswith("responses") and n not in made)
+    read_before = _rows_read(daily_db, kept)
     result = run_cli("prune", "--older-than", "30d", "--url", daily_db)
     assert result.returncode == 0, result.stderr
+    assert _rows_read(daily_db, kept) == read_before  # no FK check read the responses that stay
     dropped = [line.split()[3] for line in result.stdout.splitlines() if "dropped partition" in line]
     assert sorted(dropped) == sorted(made) and len(dropped) == 16, result.stdout
     assert dropped.index(made[0].replace("requests", "responses")) < dropped.index(made[0])  # responses first
@@ -201,13 +213,32 @@ def test_prune_ages(age: str, ok: timedelta | None) -> None:
 def test_validate_reports_a_dropped_index_and_a_missing_partition_ahead(daily_db: str) -> None:
     last = db_init.wanted_starts("daily", datetime.now(UTC))[-1]
     gone = db_init.partition_name("responses", last, "daily")
-    query(daily_db, f"DROP INDEX ix_requests_model; DROP TABLE {gone}")
+    today = db_init.partition_name("responses", db_init.period_start(datetime.now(UTC), "daily"), "daily")
+    query(daily_db, f"DROP INDEX ix_requests_model; DROP TABLE {gone}; "
+                    f"ALTER TABLE {today} DROP CONSTRAINT {today}_request_fk")
     result = run_cli("validate", "--url", daily_db)
     assert result.returncode == db_init.EXIT_DRIFT
     lines = {line[4:] for line in result.stdout.splitlines() if line.startswith("  - ")}
     assert lines == {"requests: missing index ix_requests_model on (model)",
                      f"responses: missing daily partition {gone} for {last:%Y-%m-%d} (run db_init.py create)",
                      (f"responses: no partition {gone} for the other table's period "
-                      "(a request and its responses share a period)")}, result.stdout
+                      "(a request and its responses share a period)"),
+                     (f"responses: partition {today} lacks its foreign key (request_id_fk, request_created_at) -> "
+                      f"{today.replace('responses', 'requests')}(id, created_at) ON DELETE CASCADE")}, result.stdout
     assert run_cli("create", "--url", daily_db).returncode == db_init.EXIT_DRIFT  # the index is still missing
     assert gone in partition_names(daily_db)  # but the partition ahead is back
+
+
+def test_rows_of_a_period_without_partition_are_kept_in_the_default_and_named(daily_db: str) -> None:
+    last = db_init.wanted_starts("daily", datetime.now(UTC))[-1]
+    names = [db_init.partition_name(t, last, "daily") for t in ("responses", "requests")]
+    query(daily_db, f"DROP TABLE {names[0]}; ALTER TABLE requests DETACH PARTITION {names[1]}; DROP TABLE {names[1]}")
+    query(daily_db, "INSERT INTO requests (created_at, request_id, call_id, status_code) VALUES (:t, 'late', 'c', 200)",
+          t=last + timedelta(hours=1))
+    assert query(daily_db, "SELECT tableoid::regclass::text FROM requests WHERE request_id = 'late'") == [("requests_default",)]
+    result = run_cli("create", "--url", daily_db)
+    assert result.returncode == db_init.EXIT_DRIFT, result.stdout + result.stderr
+    for name in names:  # neither table gets the period: a response's partition needs its request's
+        assert f"{name} cannot be made: rows of {last:%Y-%m-%d} are in a default partition" in result.stderr
+    assert "1 row(s) in the default partition requests_default" in result.stderr
+    assert not set(names) & partition_names(daily_db)
