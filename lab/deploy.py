@@ -117,7 +117,8 @@ def run(values: dict[str, str], *extra: str, timeout: float = TIMEOUT_S) -> Reca
     layout.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     timing = {k: os.environ[k] for k in TIMING_ENV if k in os.environ}  # e.g. the junit callback's task times
     env = clean_env(**values, **timing, HOME=str(Path.home()), ANSIBLE_CONFIG=str(CONFIG), ANSIBLE_NOCOLOR="1",
-                    ANSIBLE_FORCE_COLOR="0", **{layout.PG_ENV: layout.PG_VERSION})
+                    ANSIBLE_FORCE_COLOR="0", **{layout.PG_ENV: layout.PG_VERSION,
+                                                                 layout.PARTITION_ENV: layout.PARTITION})
     argv = [_ansible_playbook(), *(a for p in inventories for a in ("-i", str(p))), str(PLAYBOOK), *extra]
     t0 = time.monotonic()
     try:

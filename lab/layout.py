@@ -67,6 +67,24 @@ def _pg_version() -> str:
 
 
 PG_VERSION = _pg_version()
+
+#: the log tables' layout: "" plain, or daily / monthly partitions (db_init.py create --partition):
+#: ``POC1_LAB_PARTITION=daily python -m lab up``; without the variable, the layout of the lab that is up
+PARTITION_ENV = "POC1_LAB_PARTITION"
+PARTITION_FILE = STATE_DIR / "partition"
+PARTITIONS = ("", "daily", "monthly")
+
+
+def _partition() -> str:
+    if PARTITION_ENV in os.environ:
+        return os.environ[PARTITION_ENV].strip()
+    try:
+        return PARTITION_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+PARTITION = _partition()
 PG_UNIT = f"postgresql@{PG_VERSION}-main"
 
 GATEWAY_PORT = 4000

@@ -205,6 +205,10 @@ def up() -> LabDescription:
             _say(f"{len(GATEWAYS)} gateway host(s) asked for ({layout.GATEWAYS_ENV}), the lab has "
                  f"{_running_gateways()}: building a fresh lab")
             running = False
+        if running and _running_partition() != layout.PARTITION:
+            _say(f"log tables {layout.PARTITION or 'plain'} asked for ({layout.PARTITION_ENV}), the lab's are "
+                 f"{_running_partition() or 'plain'}: building a fresh lab (fresh database)")
+            running = False
         if running and layout.PG_VERSION_FILE.read_text().strip() != layout.PG_VERSION:
             _say(f"PostgreSQL {layout.PG_VERSION} asked for ({layout.PG_ENV}), the lab runs "
                  f"{layout.PG_VERSION_FILE.read_text().strip()}: building a fresh lab")
@@ -221,6 +225,9 @@ def up() -> LabDescription:
         if not 1 <= layout.GATEWAY_COUNT <= layout.MAX_GATEWAYS:
             raise LabError(f"{layout.GATEWAYS_ENV}={os.environ.get(layout.GATEWAYS_ENV, '')!r}: the lab has 1 to "
                            f"{layout.MAX_GATEWAYS} gateway hosts")
+        if layout.PARTITION not in layout.PARTITIONS:
+            raise LabError(f"{layout.PARTITION_ENV}={layout.PARTITION!r}: the log tables are plain (empty), "
+                           f"daily or monthly")
         if layout.PG_VERSION not in layout.PG_SUITES:
             raise LabError(f"{layout.PG_ENV}={layout.PG_VERSION}: the lab has PostgreSQL "
                            f"{' or '.join(layout.PG_SUITES)}")
@@ -235,6 +242,7 @@ def up() -> LabDescription:
             values = credentials.generate()
             layout.PG_VERSION_FILE.write_text(layout.PG_VERSION + "\n")
             layout.GATEWAYS_FILE.write_text(f"{len(GATEWAYS)}\n")
+            layout.PARTITION_FILE.write_text(layout.PARTITION + "\n")
             network.create_bridge()
             _build_hosts()
             recap = _start(values)
@@ -326,6 +334,13 @@ def tls_status() -> int:
     shown = ", ".join(f"pid {pid} {'TLS' if ssl else 'clear text'}" for pid, ssl in sessions) or "none"
     _say(f"TLS for {layout.DB_USER}: {state}; sessions from {', '.join(g.ip for g in GATEWAYS)}: {shown}")
     return 0 if state == "on" else 1
+
+
+def _running_partition() -> str:
+    try:
+        return layout.PARTITION_FILE.read_text().strip()
+    except OSError:
+        return ""  # a lab built before the layout was a choice: plain
 
 
 def _running_gateways() -> int:

@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 # the project's tests share the one-gateway lab (tests/test_lab_fleet.py builds a fleet and puts it back)
 os.environ.setdefault("POC1_LAB_GATEWAYS", "1")
+os.environ.setdefault("POC1_LAB_PARTITION", "")  # and its plain log tables (the fleet test partitions its own)
 
 from tests.support import (
     netguard,  # noqa: E402
