@@ -79,7 +79,7 @@ def test_join_check(target: Target, db: ReaderDb, run: RunContext, runbook_calls
                           columns=["count", "value"], rows=list(window.items()), truncate=False))
         constraints = queries.integrity_constraints(conn)
         doc.add(SqlResult(title="constraints that rule out orphan responses and duplicate request_ids",
-                          sql=queries.CONSTRAINTS_SQL, columns=["constraint", "present"],
+                          sql=queries.constraints_sql(conn), columns=["constraint", "present"],
                           rows=list(constraints.items()), truncate=False))
     evidence.details.update(request_ids={c.kind: c.request_id for c in calls}, linked_rows=linked,
                             run_calls=tally, window=window, constraints=constraints)

@@ -107,10 +107,44 @@ CONSTRAINTS_SQL = """SELECT
             AND confdeltype = 'c' AND convalidated) AS responses_fk_cascade"""
 
 
+#: the same rules on the partitioned layout (db_init.py create --partition): PostgreSQL wants the partition
+#: key in every unique key, so request_id is unique with created_at (the request's time, from its id: one
+#: value per request), and each responses partition has its own cascading FK to its period's requests
+#: partition (db_init.partition_fk: none on the parents). Counted: partitions of responses, and those
+#: without such a validated FK (must be 0)
+CONSTRAINTS_SQL_PARTITIONED = """SELECT
+  EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+          JOIN pg_attribute a0 ON a0.attrelid = c.oid AND a0.attnum = i.indkey[0]
+          JOIN pg_attribute a1 ON a1.attrelid = c.oid AND a1.attnum = i.indkey[1]
+          WHERE c.relname = 'requests' AND c.relkind = 'p' AND i.indisunique AND i.indnatts = 2
+            AND a0.attname = 'request_id' AND a1.attname = 'created_at' AND i.indisvalid) AS unique_request_id,
+  (SELECT count(*) FROM pg_inherits WHERE inhparent = 'responses'::regclass) AS response_partitions,
+  (SELECT count(*) FROM pg_inherits h
+   WHERE h.inhparent = 'responses'::regclass AND NOT EXISTS (
+     SELECT 1 FROM pg_constraint k JOIN pg_inherits r ON r.inhrelid = k.confrelid
+     WHERE k.conrelid = h.inhrelid AND k.contype = 'f' AND r.inhparent = 'requests'::regclass
+       AND k.confdeltype = 'c' AND k.convalidated AND array_length(k.conkey, 1) = 2)) AS partitions_without_fk"""
+
+
+def constraints_sql(conn: Connection) -> str:
+    """The pg_catalog query of the log's layout (plain or partitioned: db_init.layout)."""
+    import db_init
+
+    return CONSTRAINTS_SQL_PARTITIONED if db_init.layout(conn) == "partitioned" else CONSTRAINTS_SQL
+
+
 def integrity_constraints(conn: Connection) -> dict[str, bool]:
-    row = conn.execute(text(CONSTRAINTS_SQL)).one()
-    return {"unique index on requests(request_id)": bool(row.unique_request_id),
-            "foreign key responses(request_id_fk) -> requests(id) ON DELETE CASCADE": bool(row.responses_fk_cascade)}
+    """Each constraint that rules out duplicates and orphans, by name, and whether it is there."""
+    sql = constraints_sql(conn)
+    row = conn.execute(text(sql)).one()
+    if sql is CONSTRAINTS_SQL:
+        return {"unique index on requests(request_id)": bool(row.unique_request_id),
+                "foreign key responses(request_id_fk) -> requests(id) ON DELETE CASCADE":
+                    bool(row.responses_fk_cascade)}
+    return {"unique index on requests(request_id, created_at) (partitioned)": bool(row.unique_request_id),
+            f"foreign key (request_id_fk, request_created_at) -> its requests partition ON DELETE CASCADE, "
+            f"on each of the {row.response_partitions} responses partitions":
+                row.response_partitions > 0 and row.partitions_without_fk == 0}
 
 
 @dataclass
