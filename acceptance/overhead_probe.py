@@ -241,8 +241,19 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
 
 
 def created_at_by_request_id(engine: Engine, request_ids: Sequence[str]) -> dict[str, float]:
-    """``requests.created_at`` (epoch seconds) of the rows with these (logger's own) request ids."""
-    return _created_at(engine, Request.request_id, request_ids)
+    """When the rows of these (logger's own) request ids were written (epoch seconds): their response
+    row's ``created_at``, now() of the transaction that wrote both rows. Not ``requests.created_at``: on the
+    partitioned layout that is the request's own time (db_init: its partition key, from the request id),
+    which would make every lag ~0 however late the row came."""
+    found: dict[str, float] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(list(request_ids)):
+            stmt = (select(Request.request_id, func.min(Response.created_at)).select_from(Request)
+                    .join(Response, Response.request_id_fk == Request.id)
+                    .where(Request.request_id.in_(chunk)).group_by(Request.request_id))
+            for key, written in conn.execute(stmt):
+                found[key] = written.timestamp()
+    return found
 
 
 def created_at_by_call_id(engine: Engine, call_ids: Sequence[str]) -> dict[str, float]:
@@ -339,10 +350,11 @@ METHOD = {
         "durability lag (how long until the row exists) and the throughput with every request logged "
         "versus none (the gateway capacity the background work takes)."),
     "durability_lag": (
-        "For each logged request: requests.created_at of its row (found by the logger's own request id "
+        "For each logged request: responses.created_at of its rows (found by the logger's own request id "
         "x-poc1-request-id, read-only, query built from db_init's models) minus the client's time of the "
         "answer's last byte, corrected by the measured clock offset between the runner and the database "
-        "host. created_at is now() of the writing transaction, i.e. its start: the commit follows it "
+        "host. created_at is now() of the transaction that wrote both rows, i.e. its start (not "
+        "requests.created_at: on the partitioned layout that is the request's own time): the commit follows it "
         "by the INSERTs' own duration. Rows not present within row_wait_s count as missing. A writer "
         "that cannot keep up shows as a growing lag (backlog slope, ms of lag per s of run). "
         "Pass: lag p95 below the durability-lag threshold, and every logged request has its row."),

@@ -1,6 +1,9 @@
 """A fleet on the embedded lab: `python -m lab up` with POC1_LAB_GATEWAYS=2 builds a second gateway host
 writing to the one database; the suite (group ``local``, the lab's fleet file read after hosts.yml) checks
 each gateway host, GO only if both pass; one stopped gateway makes the verdict NO-GO naming that host.
+The same lab has daily-partitioned log tables (POC1_LAB_PARTITION=daily: one rebuild for both, the plain
+layout is every other lab test's): the same suite passes on them, and a responses partition without its
+cascading foreign key fails check 5 naming it.
 
 It rebuilds the lab twice (2 gateways, then back to the 1 every other lab test expects), so it carries
 ``lab_teardown``: it runs after the tests that share the lab (tests/conftest.py).
@@ -8,6 +11,7 @@ It rebuilds the lab twice (2 gateways, then back to the 1 every other lab test e
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +24,10 @@ pytestmark = [pytest.mark.lab, pytest.mark.lab_teardown]
 SECOND = "gateway-2"
 
 
-def _lab(*args: str, gateways: int) -> str:
+def _lab(*args: str, gateways: int, partition: str = "") -> str:
     proc = subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=1500, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "POC1_LAB_GATEWAYS": str(gateways)})
+                          env={**os.environ, "POC1_LAB_GATEWAYS": str(gateways), "POC1_LAB_PARTITION": partition})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     return proc.stdout
 
@@ -35,10 +39,18 @@ def _systemctl(host: str, action: str) -> None:
     assert proc.returncode == 0, proc.stderr[-1000:]
 
 
+def _psql(sql: str) -> str:
+    import lab
+
+    return lab.exec("db", f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -d litellm_db -c {shlex.quote(sql)}",
+                    timeout=60).stdout.strip()
+
+
 def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_path: Path) -> None:
     try:
-        out = _lab("up", gateways=2)
+        out = _lab("up", gateways=2, partition="daily")
         assert "gateway-2 10.231.0.20" in out
+        assert _psql("SELECT relkind FROM pg_class WHERE relname IN ('requests', 'responses')") == "p\np"
 
         go = run_suite(tmp_path / "go", *CHECK_6_NOT_ON_CAPACITY, timeout=900)
         m = go.manifest
@@ -57,6 +69,16 @@ def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_pa
             (go.evidence_dir / f"chat_call.{SECOND}.json").read_text()
         assert go.manifest["versions"]["other_gateways"][SECOND]["code_sha256"] == \
             go.manifest["versions"]["gateway"]["code_sha256"]
+        constraints = go.check("join_check")["details"]["hosts"][SECOND]["details"]["constraints"]
+        assert all(constraints.values()) and any("partitioned" in name for name in constraints)
+        # both gateways' rows of this run are in today's partition, not the default one
+        assert int(_psql("SELECT count(*) FROM requests_default")) == 0
+
+        _psql("ALTER TABLE responses_default DROP CONSTRAINT responses_default_request_fk")
+        no_fk = run_suite(tmp_path / "no-fk", "-k", "join_check", timeout=300)
+        cause = no_fk.check("join_check")["cause"]
+        assert no_fk.check("join_check")["outcome"] == "failed" and "constraint(s) missing: foreign key" in cause
+        assert cause.startswith("gateway: ") and f"{SECOND}: " in cause
 
         _systemctl(SECOND, "stop")
         try:
