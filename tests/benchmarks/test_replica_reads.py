@@ -372,6 +372,13 @@ def test_replica_lag_and_the_suites_reads_on_a_replica(pair: Pair, tmp_path: Pat
                         times[where].setdefault(name, []).append(time.perf_counter() - t0)
                         conn.rollback()
                     answers[where][name] = [tuple(r) for r in rows]
+        window_sql = queries.sql_text(statements["check 5 window requests_without_response"])
+        for where, engine in engines.items():  # the plan behind that window count's time, on each server
+            with engine.connect() as conn:
+                plan = conn.execute(text("EXPLAIN " + window_sql)).scalars().all()
+                conn.rollback()
+            figures[f"check 5 window requests_without_response: plan on the {where}"] = next(
+                (line.strip(" ->").split("  (")[0] for line in plan if "Join" in line), plan[0])
     finally:
         for engine in engines.values():
             engine.dispose()
