@@ -626,8 +626,12 @@ def test_suite_collects_against_an_ini_inventory_with_a_vault(tmp_path: Path) ->
     run = run_suite(tmp_path / "evidence", "--collect-only", "-v", "acceptance", hosts="poc1", inventory=ini,
                     env=env, timeout=60)
     assert run.rc == 0, run.stdout + run.stderr
-    header = f"POC-1 acceptance: target poc1 from {ini} (hx-litellm-01 127.0.0.11, hx-pg-01 127.0.0.21)"
+    header = (f"POC-1 acceptance: target poc1 from {ini} (hx-litellm-01 127.0.0.11, hx-litellm-02 127.0.0.12, "
+              f"hx-pg-01 127.0.0.21)")
     assert header in run.stdout, run.stdout
+    # two gateway hosts: every check per host, check 6 on the first only
+    assert "test_service_status[hx-litellm-02]" in run.stdout and "test_overhead[hx-litellm-01]" in run.stdout
+    assert "test_overhead[hx-litellm-02]" not in run.stdout and "17 tests collected" in run.stdout
     assert VAULTED_READER not in run.stdout + run.stderr
 
 
