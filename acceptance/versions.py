@@ -22,7 +22,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from fixtures.context import RunContext
+from fixtures.context import Hosts, RunContext
+from fixtures.inventory import Target
 from fixtures.errors import CheckFailure, Unavailable, first_line, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,9 +185,9 @@ def files_match(repo: Mapping[str, str], gateway: Mapping[str, str]) -> dict[str
             LOGGER: not any(n.startswith(LOGGER) for n in differ)}
 
 
-def gateway_versions(ctx: RunContext, name: str | None = None) -> dict[str, Any]:
-    """What gateway host ``name`` (default: the first) runs: its python's packages, the deployed files."""
-    target, hosts = ctx.view(name or ctx.gateway_names[0])
+def gateway_versions(target: Target, hosts: Hosts) -> dict[str, Any]:
+    """What the target's gateway host runs: its python's packages, the deployed files (``RunContext.view``
+    gives each gateway host of a fleet its target and hosts)."""
     v = target.vars
     files = {SCHEMA: gateway_path(v, SCHEMA), LOGGER: gateway_path(v, LOGGER).rstrip("/"),
              CONFIG: gateway_path(v, CONFIG)}
@@ -225,7 +226,7 @@ def db_versions(ctx: RunContext) -> dict[str, Any]:
 
 
 def collect(ctx: RunContext) -> dict[str, Any]:
-    gateway = gateway_versions(ctx)
+    gateway = gateway_versions(*ctx.view(ctx.gateway_names[0]))
     repo = repo_files()
     gw_files = gateway.get("files", {}) if isinstance(gateway.get("files"), dict) else {}
     lock = {
@@ -236,5 +237,5 @@ def collect(ctx: RunContext) -> dict[str, Any]:
         "files_match": files_match(repo, gw_files),
     }
     if ctx.target.fleet:  # the other gateway hosts of a fleet, by inventory name ("gateway" is the first)
-        lock["other_gateways"] = {name: gateway_versions(ctx, name) for name in ctx.gateway_names[1:]}
+        lock["other_gateways"] = {name: gateway_versions(*ctx.view(name)) for name in ctx.gateway_names[1:]}
     return lock

@@ -275,11 +275,9 @@ class _LocalShell:
 def test_the_versions_lock_reads_the_gateways_code_with_the_gateways_python(tmp_path: Path) -> None:
     app = _copy_app(tmp_path)
     config = app / "config.yaml"
-    ctx = types.SimpleNamespace(
-        target=types.SimpleNamespace(vars={"gateway_app_dir": f"{app}/", "gateway_config_path": str(config),
-                                           "gateway_python": sys.executable}),
-        hosts=types.SimpleNamespace(gateway=_LocalShell()))
-    got = versions.gateway_versions(ctx)  # type: ignore[arg-type]
+    target = types.SimpleNamespace(vars={"gateway_app_dir": f"{app}/", "gateway_config_path": str(config),
+                                         "gateway_python": sys.executable})
+    got = versions.gateway_versions(target, types.SimpleNamespace(gateway=_LocalShell()))  # type: ignore[arg-type]
     assert got["files"] == versions.repo_files() and got["code_sha256"] == _shell_code_sha256(app)
     assert got["paths"]["gateway_logger/writer.py"] == f"{app}/gateway_logger/writer.py"
     assert got["paths"]["config.yaml"] == str(config)
