@@ -51,7 +51,7 @@ def test_code_identity(target: Target, hosts: Hosts, run: RunContext, evidence: 
     gw = target.gateway
     doc.add(f"# what runs on gateway {gw.address} ({unit}) against the repository at "
             f"{versions.git_commit().get('commit', 'unknown commit')}")
-    on_gateway = versions.gateway_versions(run)
+    on_gateway = versions.gateway_versions(target, hosts)  # this gateway host's files, not the first's
     if "error" in on_gateway:
         raise CheckFailure(f"gateway {gw.address}: cannot read its code: {on_gateway['error']}")
     repo = versions.repo_files()

@@ -39,6 +39,21 @@ def _systemctl(host: str, action: str) -> None:
     assert proc.returncode == 0, proc.stderr[-1000:]
 
 
+def _on(host: str, cmd: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", f"import lab; print(lab.exec({host!r}, {cmd!r}).stdout)"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "POC1_LAB_GATEWAYS": "2"})
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    return proc.stdout.strip()
+
+
+def _unit_enabled(host: str, unit: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", f"import lab; print(lab.systemctl({host!r}, 'is-enabled', {unit!r}))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "POC1_LAB_GATEWAYS": "2"})
+    return proc.stdout.strip()
+
+
 def _psql(sql: str) -> str:
     import lab
 
@@ -51,6 +66,9 @@ def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_pa
         out = _lab("up", gateways=2, partition="daily")
         assert "gateway-2 10.231.0.20" in out
         assert _psql("SELECT relkind FROM pg_class WHERE relname IN ('requests', 'responses')") == "p\np"
+        # the partitions' daily upkeep runs from one gateway host only
+        assert _unit_enabled("gateway", "poc1-log-partitions.timer") == "enabled"
+        assert _unit_enabled(SECOND, "poc1-log-partitions.timer") != "enabled"
 
         go = run_suite(tmp_path / "go", *CHECK_6_NOT_ON_CAPACITY, timeout=900)
         m = go.manifest
@@ -79,6 +97,16 @@ def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_pa
         cause = no_fk.check("join_check")["cause"]
         assert no_fk.check("join_check")["outcome"] == "failed" and "constraint(s) missing: foreign key" in cause
         assert cause.startswith("gateway: ") and f"{SECOND}: " in cause
+
+        # a file only gateway-2 has: check 9 reads each host's own files
+        _on(SECOND, "echo 'x = 1' > /opt/litellm/gateway_logger/zz_only_here.py")
+        try:
+            other = run_suite(tmp_path / "other-code", "-k", "code_identity", timeout=300)
+        finally:
+            _on(SECOND, "rm -f /opt/litellm/gateway_logger/zz_only_here.py")
+        identity = other.check("code_identity")
+        assert identity["outcome"] == "failed" and identity["cause"].startswith(f"{SECOND}: ")
+        assert "zz_only_here.py" in identity["cause"] and identity["details"]["hosts"]["gateway"]["outcome"] == "passed"
 
         _systemctl(SECOND, "stop")
         try:
