@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import text
 
+import db_init
 from acceptance import queries
 from acceptance.spec import CheckSpec
 from evidence_writers.result import CheckResult
@@ -72,7 +73,7 @@ def test_join_check(target: Target, db: ReaderDb, run: RunContext, runbook_calls
         doc.add(SqlResult(title=f"this run's {len(set(ids))} calls, one by one",
                           sql=shown + (f"\n-- (the first 3 of the {len(ids)} ids shown)" if len(ids) > 3 else ""),
                           columns=list(tally), rows=[tuple(tally.values())], truncate=False))
-        counts = queries.window_counts(since)
+        counts = queries.window_counts(since, db_init.layout(conn))
         window = {name: int(conn.execute(stmt).scalar_one()) for name, stmt in counts.items()}
         doc.add(SqlResult(title=f"rows written since {since.isoformat(timespec='seconds')} (this run's window)",
                           sql="\n".join(f"{n}: {queries.sql_text(stmt)}" for n, stmt in counts.items()),
