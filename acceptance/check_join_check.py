@@ -16,6 +16,7 @@ run's calls, the window counts, the constraints, each with its SQL.
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
@@ -66,15 +67,22 @@ def test_join_check(target: Target, db: ReaderDb, run: RunContext, runbook_calls
             if len(joined.rows) != 1:
                 problems.append(f"the {call.kind} call's request joins {len(joined.rows)} responses, "
                                 "expected exactly 1")
-        tally_stmt = queries.tally_of_requests(ids)
+        layout = db_init.layout(conn)
+        tally_stmt = queries.tally_of_requests(ids, layout)
+        t0 = time.monotonic()
         tally = dict(conn.execute(tally_stmt).one()._mapping)
+        timings = {"tally_ms": round((time.monotonic() - t0) * 1000, 1)}
         tally["calls"] = len(set(ids))
-        shown = queries.sql_text(queries.tally_of_requests(ids[:3]))  # the whole id list would be KBs
+        shown = queries.sql_text(queries.tally_of_requests(ids[:3], layout))  # the whole id list would be KBs
         doc.add(SqlResult(title=f"this run's {len(set(ids))} calls, one by one",
                           sql=shown + (f"\n-- (the first 3 of the {len(ids)} ids shown)" if len(ids) > 3 else ""),
                           columns=list(tally), rows=[tuple(tally.values())], truncate=False))
-        counts = queries.window_counts(since, db_init.layout(conn))
-        window = {name: int(conn.execute(stmt).scalar_one()) for name, stmt in counts.items()}
+        counts = queries.window_counts(since, layout)
+        window = {}
+        for name, stmt in counts.items():
+            t0 = time.monotonic()
+            window[name] = int(conn.execute(stmt).scalar_one())
+            timings[f"{name}_ms"] = round((time.monotonic() - t0) * 1000, 1)
         doc.add(SqlResult(title=f"rows written since {since.isoformat(timespec='seconds')} (this run's window)",
                           sql="\n".join(f"{n}: {queries.sql_text(stmt)}" for n, stmt in counts.items()),
                           columns=["count", "value"], rows=list(window.items()), truncate=False))
@@ -83,7 +91,8 @@ def test_join_check(target: Target, db: ReaderDb, run: RunContext, runbook_calls
                           sql=queries.constraints_sql(conn), columns=["constraint", "present"],
                           rows=list(constraints.items()), truncate=False))
     evidence.details.update(request_ids={c.kind: c.request_id for c in calls}, linked_rows=linked,
-                            run_calls=tally, window=window, constraints=constraints)
+                            run_calls=tally, window=window, constraints=constraints, layout=layout,
+                            query_ms=timings)
 
     missing = tally["calls"] - tally["found"]
     if missing:
