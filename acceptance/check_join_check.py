@@ -68,12 +68,12 @@ def test_join_check(target: Target, db: ReaderDb, run: RunContext, runbook_calls
                 problems.append(f"the {call.kind} call's request joins {len(joined.rows)} responses, "
                                 "expected exactly 1")
         layout = db_init.layout(conn)
-        tally_stmt = queries.tally_of_requests(ids, layout)
+        tally_stmt = queries.tally_of_requests(ids, layout, since)
         t0 = time.monotonic()
         tally = dict(conn.execute(tally_stmt).one()._mapping)
         timings = {"tally_ms": round((time.monotonic() - t0) * 1000, 1)}
         tally["calls"] = len(set(ids))
-        shown = queries.sql_text(queries.tally_of_requests(ids[:3], layout))  # the whole id list would be KBs
+        shown = queries.sql_text(queries.tally_of_requests(ids[:3], layout, since))  # the whole id list would be KBs
         doc.add(SqlResult(title=f"this run's {len(set(ids))} calls, one by one",
                           sql=shown + (f"\n-- (the first 3 of the {len(ids)} ids shown)" if len(ids) > 3 else ""),
                           columns=list(tally), rows=[tuple(tally.values())], truncate=False))
