@@ -115,15 +115,15 @@ def test_overhead(request: pytest.FixtureRequest, target: Target, hosts: Hosts, 
     with failing_as(f"{db.label}: reading the rows of this run's {len(logged_ids)} logged calls"):
         engine = run.db_engine.get()
         clock = stats.clock_offset(probe.clock_probes(engine))
-        created = probe.wait_for_rows(engine, logged_ids, plan.row_wait_s)  # by x-poc1-request-id
-        responses = probe.responses_per_request(engine, logged_ids)
+        rows = probe.wait_for_rows(engine, logged_ids, plan.row_wait_s)  # by x-poc1-request-id
+        created = probe.written_at(rows)
         created.update(probe.created_at_by_call_id(engine, unlogged_ids))
 
     document = probe.build_document(
         run_id=run.run_id, target=target.group, plan=plan, limits=limits, pairs=pairs, tp_blocks=tp_blocks,
         tp_samples=tp_samples, created=created, clock=clock, duration_s=time.monotonic() - t0,
-        responses=responses)
-    logged_requests.add(CHECK.id, [i for i in logged_ids if i in created])  # check 5 judges them too
+        rows=rows)
+    logged_requests.add(CHECK.id, [i for i in logged_ids if i in rows])  # check 5 judges them too
     doc.data.update(document)
     verdict = document["verdict"]
     added = document["added_latency"]["shift"]["p95"]

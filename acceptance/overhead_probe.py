@@ -240,20 +240,37 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
         yield items[i:i + size]
 
 
-def created_at_by_request_id(engine: Engine, request_ids: Sequence[str]) -> dict[str, float]:
-    """When the rows of these (logger's own) request ids were written (epoch seconds): their response
-    row's ``created_at``, now() of the transaction that wrote both rows. Not ``requests.created_at``: on the
-    partitioned layout that is the request's own time (db_init: its partition key, from the request id),
-    which would make every lag ~0 however late the row came."""
-    found: dict[str, float] = {}
+@dataclass(frozen=True)
+class LoggedRow:
+    """What the log holds for one of the logger's request ids: its response rows, and when they were
+    written (epoch seconds; None without one)."""
+
+    responses: int
+    written: float | None
+
+
+def logged_rows(engine: Engine, request_ids: Sequence[str]) -> dict[str, LoggedRow]:
+    """The request rows of these (logger's own) request ids, each with its response rows (one query per
+    chunk; absent: no request row). A request without a response is *found*: check 5 judges it and check 6
+    counts it, neither waits for a response that cannot come (both rows are written in one transaction).
+
+    The write time is the response row's ``created_at``, now() of the transaction that wrote both rows. Not
+    ``requests.created_at``: on the partitioned layout that is the request's own time (db_init: its partition
+    key, from the request id), which would make every lag ~0 however late the row came."""
+    found: dict[str, LoggedRow] = {}
     with engine.connect() as conn:
         for chunk in _chunks(list(request_ids)):
-            stmt = (select(Request.request_id, func.min(Response.created_at)).select_from(Request)
-                    .join(Response, Response.request_id_fk == Request.id)
+            stmt = (select(Request.request_id, func.count(Response.id), func.min(Response.created_at))
+                    .select_from(Request).outerjoin(Response, Response.request_id_fk == Request.id)
                     .where(Request.request_id.in_(chunk)).group_by(Request.request_id))
-            for key, written in conn.execute(stmt):
-                found[key] = written.timestamp()
+            for key, n, written in conn.execute(stmt):
+                found[key] = LoggedRow(int(n), written.timestamp() if written is not None else None)
     return found
+
+
+def written_at(rows: dict[str, LoggedRow]) -> dict[str, float]:
+    """request id → write time, for the rows that have a response (the durability lag's input)."""
+    return {rid: row.written for rid, row in rows.items() if row.written is not None}
 
 
 def created_at_by_call_id(engine: Engine, call_ids: Sequence[str]) -> dict[str, float]:
@@ -270,24 +287,12 @@ def _created_at(engine: Engine, column: Any, ids: Sequence[str]) -> dict[str, fl
     return found
 
 
-def responses_per_request(engine: Engine, request_ids: Sequence[str]) -> dict[str, int]:
-    """How many response rows each of these requests has (absent: no request row)."""
-    found: dict[str, int] = {}
-    with engine.connect() as conn:
-        for chunk in _chunks(list(request_ids)):
-            stmt = (select(Request.request_id, func.count(Response.id)).select_from(Request)
-                    .outerjoin(Response, Response.request_id_fk == Request.id)
-                    .where(Request.request_id.in_(chunk)).group_by(Request.request_id))
-            found.update({rid: int(n) for rid, n in conn.execute(stmt)})
-    return found
-
-
 def wait_for_rows(engine: Engine, request_ids: Sequence[str], timeout_s: float,
-                  clock: Callable[[], float] = time.monotonic, poll_s: float = 0.25) -> dict[str, float]:
-    """Poll until every id has its row or the time is up; returns what was found."""
+                  clock: Callable[[], float] = time.monotonic, poll_s: float = 0.25) -> dict[str, LoggedRow]:
+    """Poll until every id has its request row or the time is up; returns what was found."""
     deadline = clock() + timeout_s
     while True:
-        found = created_at_by_request_id(engine, request_ids)
+        found = logged_rows(engine, request_ids)
         if len(found) >= len(set(request_ids)) or clock() >= deadline:
             return found
         time.sleep(poll_s)
@@ -407,8 +412,11 @@ class Series:
 def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
                    pairs: Sequence[tuple[Sample, Sample]], tp_blocks: list[dict[str, Any]],
                    tp_samples: Sequence[Sample], created: dict[str, float], clock: dict[str, float],
-                   duration_s: float, responses: dict[str, int] | None = None) -> dict[str, Any]:
-    """Everything check 6 measured, its statistics and its verdict, as one JSON-able document."""
+                   duration_s: float, rows: dict[str, LoggedRow]) -> dict[str, Any]:
+    """Everything check 6 measured, its statistics and its verdict, as one JSON-able document.
+
+    ``rows``: the logged arm's request rows (``logged_rows``); ``created``: the write time of those with a
+    response (the lag) and of any control-arm row (by call id: any is one too many)."""
     logged = [p[0] for p in pairs]
     unlogged = [p[1] for p in pairs]
     series = Series.of(pairs, created, clock["offset_ms"])
@@ -420,10 +428,12 @@ def build_document(*, run_id: str, target: str, plan: Plan, limits: st.Limits,
     completeness = {
         "logged_sent": len(all_logged), "logged_ok": sum(s.ok for s in all_logged),
         "unlogged_sent": len(all_unlogged), "unlogged_ok": sum(s.ok for s in all_unlogged),
-        "logged_rows": sum(1 for s in all_logged if s.ok and s.call_id in created),
+        "logged_rows": sum(1 for s in all_logged if s.ok and s.call_id in rows),
         "unlogged_rows": sum(1 for s in all_unlogged if s.call_id in created),
-        "logged_responses": sum(1 for s in all_logged if s.ok and (responses or {}).get(s.call_id) == 1),
-        "logged_several_responses": sum(1 for s in all_logged if s.ok and (responses or {}).get(s.call_id, 0) > 1),
+        "logged_responses": sum(1 for s in all_logged if s.ok and s.call_id in rows
+                                and rows[s.call_id].responses == 1),
+        "logged_several_responses": sum(1 for s in all_logged if s.ok and s.call_id in rows
+                                        and rows[s.call_id].responses > 1),
     }
     lag_stats = st.percentiles([lag for _, lag in ab_lags])
     if len(lo_ms) >= 2:
