@@ -21,10 +21,12 @@ __all__ = ["LabDescription", "LabError", "describe", "down", "exec", "is_up", "s
 
 
 def _host(name: str) -> layout.Host:
-    try:
-        return layout.HOSTS[name]
-    except KeyError:
-        raise LabError(f"no lab host named {name!r} (hosts: {', '.join(layout.HOSTS)})") from None
+    """Any host a lab of any size has (not only this process's ``POC1_LAB_GATEWAYS``: a test that rebuilt
+    the lab with more gateways reaches them in-process); one that is not running says so (machine.exec_)."""
+    for host in layout.ALL_HOSTS:
+        if host.name == name:
+            return host
+    raise LabError(f"no lab host named {name!r} (hosts: {', '.join(h.name for h in layout.ALL_HOSTS)})")
 
 
 def exec(host: str, cmd: str | Sequence[str], *, input: str | None = None, timeout: float = 60,  # noqa: A001

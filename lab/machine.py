@@ -40,7 +40,18 @@ def make_root(host: Host) -> None:
 # ------------------------------------------------------------------------------------------ processes
 
 
+#: the systemd-nspawn processes this process started, by PID: their exit status is ours to read (not reaped
+#: behind their back by ``_alive``, which would leave "exited" without a cause)
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class BootExited(LabError):
+    """systemd-nspawn exited before the container's systemd finished start-up."""
+
+
 def _alive(pid: int) -> bool:
+    if pid in _STARTED:
+        return _STARTED[pid].poll() is None
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
@@ -133,15 +144,38 @@ def start(host: Host) -> int:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env=clean_env())
     host.pid_file.write_text(f"{proc.pid}\n")
+    _STARTED[proc.pid] = proc
     return proc.pid
+
+
+def exit_cause(host: Host) -> str:
+    """Why the host's systemd-nspawn is gone, in one line: its exit status and its console's last line.
+    The console log is kept in CACHE_DIR (``failed-boot-<host>.log``): a failed ``up`` removes STATE_DIR."""
+    try:
+        pid = int(host.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        pid = -1
+    proc = _STARTED.get(pid)
+    status = (f"exit code {proc.returncode}" if proc is not None and proc.returncode is not None
+              else "exit status unknown")
+    try:
+        console = host.console_log.read_text(errors="replace")
+    except OSError:
+        console = ""
+    kept = layout.CACHE_DIR / f"failed-boot-{host.name}.log"
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(console)
+    except OSError:
+        kept = host.console_log
+    return f"{status}; console: {last_line(console[-3000:]) or '(nothing)'} (whole log: {kept})"
 
 
 def wait_booted(host: Host, timeout: float = 60) -> str:
     """Wait until the container's systemd has finished start-up; returns its state (running/degraded)."""
     def system_state() -> str:
         if nspawn_pid(host) is None:
-            raise LabError(f"{host.name}: systemd-nspawn exited during boot: "
-                           f"{last_line(host.console_log.read_text(errors='replace')[-3000:])}")
+            raise BootExited(f"{host.name}: systemd-nspawn exited during boot ({exit_cause(host)})")
         if init_pid(host) is None:
             return "no init"
         proc = exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10)

@@ -10,65 +10,33 @@ It rebuilds the lab twice (2 gateways, then back to the 1 every other lab test e
 """
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.acceptance_run import CHECK_6_NOT_ON_CAPACITY, ROOT, run_suite
+import lab
+
+from tests.support.acceptance_run import CHECK_6_NOT_ON_CAPACITY, run_suite
+from tests.support.lab_unit import lab_up
 
 pytestmark = [pytest.mark.lab, pytest.mark.lab_teardown]
 SECOND = "gateway-2"
 
 
-def _lab(*args: str, gateways: int, partition: str = "") -> str:
-    proc = subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1500, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "POC1_LAB_GATEWAYS": str(gateways), "POC1_LAB_PARTITION": partition})
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-    return proc.stdout
-
-
-def _systemctl(host: str, action: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", f"import lab; lab.systemctl({host!r}, {action!r}, "
-                           "'litellm-gateway', check=True, timeout=90)"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "POC1_LAB_GATEWAYS": "2"})
-    assert proc.returncode == 0, proc.stderr[-1000:]
-
-
-def _on(host: str, cmd: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", f"import lab; print(lab.exec({host!r}, {cmd!r}).stdout)"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "POC1_LAB_GATEWAYS": "2"})
-    assert proc.returncode == 0, proc.stderr[-1000:]
-    return proc.stdout.strip()
-
-
-def _unit_enabled(host: str, unit: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", f"import lab; print(lab.systemctl({host!r}, 'is-enabled', {unit!r}))"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "POC1_LAB_GATEWAYS": "2"})
-    return proc.stdout.strip()
-
-
 def _psql(sql: str) -> str:
-    import lab
-
     return lab.exec("db", f"runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -d litellm_db -c {shlex.quote(sql)}",
                     timeout=60).stdout.strip()
 
 
 def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_path: Path) -> None:
     try:
-        out = _lab("up", gateways=2, partition="daily")
+        out = lab_up(gateways=2, partition="daily")
         assert "gateway-2 10.231.0.20" in out
         assert _psql("SELECT relkind FROM pg_class WHERE relname IN ('requests', 'responses')") == "p\np"
         # the partitions' daily upkeep runs from one gateway host only
-        assert _unit_enabled("gateway", "poc1-log-partitions.timer") == "enabled"
-        assert _unit_enabled(SECOND, "poc1-log-partitions.timer") != "enabled"
+        assert lab.systemctl("gateway", "is-enabled", "poc1-log-partitions.timer") == "enabled"
+        assert lab.systemctl(SECOND, "is-enabled", "poc1-log-partitions.timer") != "enabled"
 
         go = run_suite(tmp_path / "go", *CHECK_6_NOT_ON_CAPACITY, timeout=900)
         m = go.manifest
@@ -99,20 +67,20 @@ def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_pa
         assert cause.startswith("gateway: ") and f"{SECOND}: " in cause
 
         # a file only gateway-2 has: check 9 reads each host's own files
-        _on(SECOND, "echo 'x = 1' > /opt/litellm/gateway_logger/zz_only_here.py")
+        lab.exec(SECOND, "echo 'x = 1' > /opt/litellm/gateway_logger/zz_only_here.py")
         try:
             other = run_suite(tmp_path / "other-code", "-k", "code_identity", timeout=300)
         finally:
-            _on(SECOND, "rm -f /opt/litellm/gateway_logger/zz_only_here.py")
+            lab.exec(SECOND, "rm -f /opt/litellm/gateway_logger/zz_only_here.py")
         identity = other.check("code_identity")
         assert identity["outcome"] == "failed" and identity["cause"].startswith(f"{SECOND}: ")
         assert "zz_only_here.py" in identity["cause"] and identity["details"]["hosts"]["gateway"]["outcome"] == "passed"
 
-        _systemctl(SECOND, "stop")
+        lab.systemctl(SECOND, "stop", "litellm-gateway", check=True, timeout=90)
         try:
             broken = run_suite(tmp_path / "stopped", "-k", "not overhead", timeout=600)
         finally:
-            _systemctl(SECOND, "start")
+            lab.systemctl(SECOND, "start", "litellm-gateway", check=True, timeout=90)
         bm = broken.manifest
         assert broken.rc != 0 and bm["verdict"] == "NO-GO"
         status = broken.check("service_status")
@@ -122,4 +90,4 @@ def test_two_gateways_go_and_one_stopped_is_no_go_naming_it(embedded_lab, tmp_pa
         assert broken.check("chat_call")["cause"].startswith(f"{SECOND}: ")
         assert "gateway-2" in broken.stdout  # the terminal summary names the host too
     finally:
-        _lab("up", gateways=1)  # the lab every other test expects (a rebuild: the count changed)
+        lab_up(gateways=1)  # the lab every other test expects (a rebuild: the count changed)

@@ -305,9 +305,12 @@ def test_gateway_keeps_answering_while_postgres_is_away(outage: str, own_pg: PgS
     print(f"\n{outage}: {len(result)} requests, p95 before {p95_before * 1000:.1f} ms, "
           f"during {p95_during * 1000:.1f} ms, after {p95_after * 1000:.1f} ms")
     # "normal" is the quieter of the two healthy phases (the machine is shared): the outage must stay
-    # within twice that plus 50 ms (the to_thread stall in lab-notes.md was seconds per request)
+    # within twice that plus 250 ms. What this rules out is a stall of the request path: a write on the
+    # event loop (or on LiteLLM's to_thread pool) waits out connect/statement timeouts, seconds per request
+    # (lab-notes.md). Not a latency benchmark: with +50 ms a CI run on the shared 2 cores failed at p95
+    # 117 ms during vs 22 ms before (the same test on a quiet machine: 23 ms during, 3 runs of 3)
     normal = min(p95_before, p95_after)
-    assert p95_during <= 2 * normal + 0.05, (p95_before, p95_during, p95_after)
+    assert p95_during <= 2 * normal + 0.25, (p95_before, p95_during, p95_after)
 
     ids = [s.call_id for s in result if s.call_id]
     assert len(ids) == len(result)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +22,7 @@ from sqlalchemy import select
 
 import db_init
 from tests.support.acceptance_run import ROOT
+from tests.support.lab_unit import lab_up
 
 pytestmark = pytest.mark.lab
 
@@ -40,12 +39,6 @@ class Call:
     request_id: str | None
     answered: float
     seen: float | None = None
-
-
-def _lab_up(gateways: int) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1500, env={**os.environ, "POC1_LAB_GATEWAYS": str(gateways)})
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
 
 def _target():
@@ -105,7 +98,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def test_two_gateways_two_workers_into_one_database() -> None:
-    _lab_up(2)
+    lab_up(gateways=2)
     try:
         target = _target()
         assert len(target.gateways) == 2
@@ -140,4 +133,4 @@ def test_two_gateways_two_workers_into_one_database() -> None:
         assert not lost, f"{len(lost)} answered calls have no row"
         assert _pct(lags, 0.95) <= LAG_BOUND_S
     finally:
-        _lab_up(1)
+        lab_up(gateways=1)

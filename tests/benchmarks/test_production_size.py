@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.acceptance_run import ROOT, run_suite
+from tests.support.acceptance_run import run_suite
+from tests.support.lab_unit import lab_up
 
 pytestmark = pytest.mark.lab
 
@@ -51,13 +50,6 @@ def on_gateway_as_owner(code: str, timeout: float = 3600) -> str:
     cmd = ("cd /opt/litellm && set -a && . /etc/litellm/litellm.env && set +a && "
            f"/opt/litellm/venv/bin/python -c {shlex.quote(code)}")
     return lab.exec("gateway", cmd, timeout=timeout).stdout.strip()
-
-
-def lab_up(partition: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1500, env={**os.environ, "POC1_LAB_PARTITION": partition,
-                                             "POC1_LAB_GATEWAYS": "1"})
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
 
 def past_partitions() -> float:
@@ -115,7 +107,7 @@ def check_6(run) -> dict[str, Any]:
 def test_every_check_but_6_takes_at_most_2_s_at_production_size(tmp_path: Path, layout: str, rows: int,
                                                                   bench_results: dict[str, Any]) -> None:
     partitioned = layout != "plain"
-    lab_up("" if not partitioned else layout)  # a fresh database of this layout (a rebuild if it differs)
+    lab_up(partition="" if not partitioned else layout)  # a fresh database of this layout (a rebuild if it differs)
     try:
         psql("TRUNCATE requests, responses")
         empty = run_suite(tmp_path / "empty", "-k", "overhead", timeout=900)
@@ -154,4 +146,4 @@ def test_every_check_but_6_takes_at_most_2_s_at_production_size(tmp_path: Path, 
 
 
 def teardown_module() -> None:
-    lab_up("")  # the plain layout every other lab test expects
+    lab_up()  # the plain layout every other lab test expects

@@ -2,7 +2,14 @@
 step of every test that breaks the lab on purpose."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from tools.polling import poll_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: a 2-worker gateway starts in ~18 s alone; it took over 90 s while other test runs shared the 2 cores
 READY_TIMEOUT_S = 180
@@ -23,3 +30,13 @@ def gateway_unit(action: str, unit: str = "litellm-gateway") -> None:
     lab.systemctl("gateway", action, unit, check=True, timeout=90)
     if action in ("start", "restart"):
         wait_gateway_answers()
+
+
+def lab_up(gateways: int = 1, partition: str = "") -> str:
+    """``python -m lab up`` with this many gateway hosts and this log-table layout (another size or layout
+    than the lab's is a rebuild); its output. In a child process: the lab's layout is read at import."""
+    proc = subprocess.run([sys.executable, "-m", "lab", "up"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1500, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "POC1_LAB_GATEWAYS": str(gateways), "POC1_LAB_PARTITION": partition})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    return proc.stdout
