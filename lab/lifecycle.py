@@ -149,15 +149,7 @@ def _start(values: dict[str, str]) -> deploy.Recap:
     for host in (DB, *GATEWAYS):
         machine.start(host)
     for host in (DB, *GATEWAYS):
-        try:
-            machine.wait_booted(host)
-        except machine.BootExited as exc:
-            # seen once in CI right after the previous lab's teardown, cause not recorded then (exit_cause
-            # records it now): one more boot, said aloud; a second exit is the failure
-            _say(f"{exc}; booting it once more")
-            machine.stop(host)
-            machine.start(host)
-            machine.wait_booted(host)
+        machine.wait_booted(host)
     for host in (DB, *GATEWAYS):
         if not poll_until(lambda h=host: probe.tcp_open(h.ip, 22), lambda ok: ok, timeout=30, interval=0.2)[0]:
             raise LabError(f"{host.name}: sshd not listening on {host.ip}:22 within 30 s after boot")

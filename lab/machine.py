@@ -45,10 +45,6 @@ def make_root(host: Host) -> None:
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
-class BootExited(LabError):
-    """systemd-nspawn exited before the container's systemd finished start-up."""
-
-
 def _alive(pid: int) -> bool:
     if pid in _STARTED:
         return _STARTED[pid].poll() is None
@@ -87,6 +83,11 @@ def nspawn_pid(host: Host) -> int | None:
         pid = int(host.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
+    if pid in _STARTED:  # our own child, unreaped: its PID cannot have been reused. Its argv is not
+        # checked: between fork and exec it is this process's (`python -m lab up`), which read as "nspawn
+        # exited during boot" when polled at once (CI, 1 in 4 rebuilds here) and made a second start
+        # collide with the first ("Directory tree ... is currently busy")
+        return pid if _alive(pid) else None
     if not _alive(pid):
         return None
     return pid if f"--machine={host.machine}".encode() in _argv(pid) else None
@@ -175,7 +176,7 @@ def wait_booted(host: Host, timeout: float = 60) -> str:
     """Wait until the container's systemd has finished start-up; returns its state (running/degraded)."""
     def system_state() -> str:
         if nspawn_pid(host) is None:
-            raise BootExited(f"{host.name}: systemd-nspawn exited during boot ({exit_cause(host)})")
+            raise LabError(f"{host.name}: systemd-nspawn exited during boot ({exit_cause(host)})")
         if init_pid(host) is None:
             return "no init"
         proc = exec_(host, ["systemctl", "is-system-running"], check=False, timeout=10)
